@@ -1,0 +1,79 @@
+"""Denoising-step detection from the timesteps the UNet receives.
+
+Counting UNet calls is wrong (second-order samplers and split CFG call the UNet several times a
+step), so a step is identified by its timestep instead:
+
+* the same timestep as the current step: the same step (another call slot of it);
+* a lower timestep: the next step; when the host supplied the sampler's timestep grid, only a
+  timestep on the grid starts a step, so the midpoint evaluations of DPM2 / DPM++ 2S / DPM++ SDE
+  stay inside their step;
+* a higher timestep: a new pass (hires fix, Restart sampler) that starts from step 0 again.
+
+Heun-type samplers evaluate their correction at the next step's timestep; that call joins the
+next step (same noise level), which is the same grouping a grid gives.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_REL_TOL = 1e-5
+_ABS_TOL = 1e-7
+
+
+def same_timestep(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=_ABS_TOL)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The clock's verdict for one UNet call."""
+
+    step: int
+    new_step: bool
+    restarted: bool
+
+
+class StepClock:
+    def __init__(self, grid: Sequence[float] | None = None) -> None:
+        self._grid = sorted(float(t) for t in grid) if grid is not None else None
+        self._current: float | None = None
+        self._step = -1
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    def observe(self, timestep: float) -> Tick:
+        if self._current is None:
+            self._current, self._step = timestep, 0
+            return Tick(0, new_step=True, restarted=False)
+        if same_timestep(timestep, self._current):
+            return Tick(self._step, new_step=False, restarted=False)
+        if timestep > self._current:
+            self._current, self._step = timestep, 0
+            return Tick(0, new_step=True, restarted=True)
+        if self._grid is not None and not self._on_grid(timestep):
+            return Tick(self._step, new_step=False, restarted=False)
+        self._current = timestep
+        self._step += 1
+        return Tick(self._step, new_step=True, restarted=False)
+
+    def observe_index(self, step: int) -> Tick:
+        """Take the step index from a host that counts steps itself (e.g. its step callback).
+
+        Used where the timestep cannot be read, such as tensors on the ``meta`` device.
+        """
+        if step == self._step:
+            return Tick(step, new_step=False, restarted=False)
+        restarted = step < self._step
+        self._step, self._current = step, None
+        return Tick(step, new_step=True, restarted=restarted)
+
+    def _on_grid(self, timestep: float) -> bool:
+        grid = self._grid or []
+        i = bisect.bisect_left(grid, timestep)
+        return any(same_timestep(grid[j], timestep) for j in (i - 1, i) if 0 <= j < len(grid))

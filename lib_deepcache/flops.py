@@ -1,0 +1,102 @@
+"""UNet FLOPs per block, counted on a weightless ``meta`` twin of the model.
+
+The shallow path's share of the UNet's FLOPs (``f_b``) sets the speed limit of DeepCache:
+over K steps with F full ones the UNet does ``F + (K - F) * f_b`` full-call equivalents. Counting
+on ``meta`` costs no real compute and, unlike CPU tensors, counts the SDPA attention kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .unet_ldm import LdmLayout, block_name, blocks
+
+
+def meta_twin(module: torch.nn.Module) -> torch.nn.Module:
+    """A structural copy whose parameters and buffers live on ``meta`` (no weight is copied).
+
+    Instance-level ``forward`` overrides (ours, ControlNet's) are dropped from the copy so that
+    the twin counts the architecture itself and never calls back into the real model.
+    """
+    memo: dict[int, object] = {}
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        twin = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = (
+            torch.nn.Parameter(twin, requires_grad=False)
+            if isinstance(tensor, torch.nn.Parameter)
+            else twin
+        )
+    clone = copy.deepcopy(module, memo)
+    for sub in clone.modules():
+        sub.__dict__.pop("forward", None)
+        sub._forward_pre_hooks.clear()
+        sub._forward_hooks.clear()
+    return clone
+
+
+@dataclass(frozen=True)
+class BlockFlops:
+    total: int
+    per_block: dict[str, int]
+
+    def shallow_share(self, depth: int, layout: LdmLayout) -> float:
+        """``f_b``: FLOPs of a cached pass at this depth over FLOPs of a full pass."""
+        skipped = sum(self.per_block[block_name(r, i)] for r, i in layout.skipped_blocks(depth))
+        return (self.total - skipped) / self.total
+
+
+def count_block_flops(
+    unet: torch.nn.Module,
+    x_shape: tuple[int, ...],
+    context_shape: tuple[int, ...] | None,
+    y_shape: tuple[int, ...] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> BlockFlops:
+    """Run the twin once with inputs of these shapes and attribute FLOPs to each block."""
+    twin = meta_twin(unet)
+    names = {id(m): block_name(role, i) for role, i, m in blocks(twin)}
+    per_block: dict[str, int] = {}
+    counter = FlopCounterMode(display=False)
+
+    batch = x_shape[0]
+    x = torch.empty(x_shape, device="meta", dtype=dtype)
+    t = torch.empty((batch,), device="meta", dtype=torch.float32)
+    kwargs = {"context": _meta(context_shape, dtype)}
+    if y_shape is not None:
+        kwargs["y"] = _meta(y_shape, dtype)
+    starts: dict[int, int] = {}
+
+    def before(module, args):
+        starts[id(module)] = _total(counter)
+
+    def after(module, args, output):
+        per_block[names[id(module)]] = _total(counter) - starts.pop(id(module))
+
+    handles = []
+    for _, _, module in blocks(twin):
+        handles.append(module.register_forward_pre_hook(before))
+        handles.append(module.register_forward_hook(after))
+    try:
+        with torch.no_grad(), counter:
+            twin(x, t, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return BlockFlops(total=_total(counter), per_block=per_block)
+
+
+def _meta(shape: tuple[int, ...] | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if shape is None else torch.empty(shape, device="meta", dtype=dtype)
+
+
+def _total(counter: FlopCounterMode) -> int:
+    return int(counter.get_total_flops())
+
+
+def speed_limit(interval: int, shallow_share: float) -> float:
+    """S(N, b) = N / (1 + (N - 1) f_b): the UNet speedup uniform caching can never exceed."""
+    return interval / (1 + (interval - 1) * shallow_share)

@@ -1,0 +1,207 @@
+"""DeepCache parameters: one validated, immutable object and its three wire formats.
+
+The same object arrives from the UI (a positional list of control values), from API clients
+(the same list, or one dict with named keys) and from pasted generation info (a text). Every
+route ends in :class:`DeepCacheParams`, whose constructor validates, so a half-valid setting can
+never reach the sampler: a bad value raises :class:`DeepCacheParamError` naming the field, the
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+SCHEDULES = ("uniform", "non-uniform")
+MAX_INTERVAL = 1000
+# The deepest skip branch of any supported UNet (SD1.x/2.x: 12 input blocks, branches 0..11).
+# SDXL has 9 input blocks; the session clamps to the UNet it hooks (see ``effective_depth``).
+MAX_DEPTH = 11
+
+_TRUE_WORDS = {"true", "yes", "on", "1", "enabled"}
+_FALSE_WORDS = {"false", "no", "off", "0", "disabled"}
+
+
+class DeepCacheParamError(ValueError):
+    """A parameter is missing, of the wrong type or out of range; the message names it."""
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"DeepCache: invalid {field}={value!r}; allowed: {allowed}")
+
+
+def _as_bool(field: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+        return value.strip().lower() in _TRUE_WORDS
+    raise DeepCacheParamError(field, value, "true or false")
+
+
+def _as_int(field: str, value: Any, low: int, high: int) -> int:
+    allowed = f"an integer from {low} to {high}"
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise DeepCacheParamError(field, value, allowed) from None
+    # bool is an int subclass: "interval": true must not silently mean 1.
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise DeepCacheParamError(field, value, allowed)
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        raise DeepCacheParamError(field, value, allowed)
+    number = int(number)
+    if not low <= number <= high:
+        raise DeepCacheParamError(field, value, allowed)
+    return number
+
+
+def _as_fraction(field: str, value: Any) -> float:
+    allowed = "a number from 0 to 1 (fraction of the executed steps)"
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise DeepCacheParamError(field, value, allowed) from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise DeepCacheParamError(field, value, allowed)
+    number = float(number)
+    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        raise DeepCacheParamError(field, value, allowed)
+    return number
+
+
+def _as_schedule(field: str, value: Any) -> str:
+    allowed = " or ".join(SCHEDULES)
+    if not isinstance(value, str):
+        raise DeepCacheParamError(field, value, allowed)
+    name = re.sub(r"[\s_]+", "-", value.strip().lower())
+    if name == "nonuniform":
+        name = "non-uniform"
+    if name not in SCHEDULES:
+        raise DeepCacheParamError(field, value, allowed)
+    return name
+
+
+@dataclass(frozen=True)
+class DeepCacheParams:
+    """What the user asked for; the session derives everything else from it.
+
+    ``interval`` is the number of denoising steps per full refresh (1 = never cache).
+    ``depth`` is the paper's skip branch: 0 keeps only the outermost block pair (fastest).
+    ``start``/``end`` bound, as fractions of the steps actually executed in a pass, the window in
+    which cached steps may happen; outside it every step is full.
+    """
+
+    enabled: bool = False
+    interval: int = 3
+    depth: int = 0
+    start: float = 0.0
+    end: float = 1.0
+    schedule: str = "uniform"
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "enabled", _as_bool("enabled", self.enabled))
+        set_(self, "interval", _as_int("interval", self.interval, 1, MAX_INTERVAL))
+        set_(self, "depth", _as_int("depth", self.depth, 0, MAX_DEPTH))
+        set_(self, "start", _as_fraction("start", self.start))
+        set_(self, "end", _as_fraction("end", self.end))
+        set_(self, "schedule", _as_schedule("schedule", self.schedule))
+        if self.start >= self.end:
+            raise DeepCacheParamError("start", self.start, f"a fraction below end ({self.end:g})")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The positional order shared by the UI controls and API ``args`` lists."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_args(cls, args: Sequence[Any]) -> DeepCacheParams:
+        """Parse the positional form; a single dict element is the named form.
+
+        Missing trailing values take their defaults (older API clients send fewer). Extra values
+        are refused rather than ignored, since they mean the client expects another order.
+        """
+        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+            raise DeepCacheParamError("args", args, "a list of values or one object")
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            return cls.from_dict(args[0])
+        names = cls.field_names()
+        if len(args) > len(names):
+            raise DeepCacheParamError(
+                "args", list(args), f"at most {len(names)} values in the order {', '.join(names)}"
+            )
+        for name, value in zip(names, args, strict=False):
+            if value is None:
+                raise DeepCacheParamError(name, value, "a value (null is not allowed)")
+        return cls(**dict(zip(names, args, strict=False)))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DeepCacheParams:
+        """Parse the named form; unknown keys are refused so a typo never goes unnoticed."""
+        if not isinstance(values, Mapping):
+            raise DeepCacheParamError("args", values, "an object with named keys")
+        names = cls.field_names()
+        unknown = sorted(str(k) for k in values if k not in names)
+        if unknown:
+            raise DeepCacheParamError(unknown[0], values[unknown[0]], f"keys {', '.join(names)}")
+        for name, value in values.items():
+            if value is None:
+                raise DeepCacheParamError(name, value, "a value (null is not allowed)")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_infotext(self) -> str:
+        """The human-readable value written under the ``DeepCache`` infotext key."""
+        return (
+            f"interval {self.interval}, depth {self.depth}, start {_percent(self.start)}, "
+            f"end {_percent(self.end)}, {self.schedule}"
+        )
+
+    @classmethod
+    def from_infotext(cls, text: str) -> DeepCacheParams:
+        """Parse :meth:`to_infotext` output; enabled, since infotext is only written then."""
+        if not isinstance(text, str):
+            raise DeepCacheParamError("infotext", text, "a text like 'interval 3, depth 0, ...'")
+        values: dict[str, Any] = {"enabled": True}
+        for part in (p.strip() for p in text.strip().strip('"').split(",")):
+            if not part:
+                continue
+            key, _, raw = part.partition(" ")
+            key = key.lower()
+            if key in ("interval", "depth"):
+                values[key] = raw.strip()
+            elif key in ("start", "end"):
+                raw = raw.strip()
+                if not raw.endswith("%"):
+                    raise DeepCacheParamError(key, raw, "a percentage like 40%")
+                try:
+                    values[key] = float(raw[:-1]) / 100.0
+                except ValueError:
+                    raise DeepCacheParamError(key, raw, "a percentage like 40%") from None
+            elif not raw:
+                values["schedule"] = key
+            else:
+                raise DeepCacheParamError("infotext", part, "interval, depth, start, end, schedule")
+        return cls(**values)
+
+
+def _percent(fraction: float) -> str:
+    return f"{round(fraction * 100, 2):g}%"
+
+
+def effective_depth(depth: int, num_blocks: int) -> int:
+    """Clamp the requested branch to the UNet at hand (SDXL has 9 input blocks, not 12)."""
+    return max(0, min(depth, num_blocks - 1))

@@ -1,0 +1,81 @@
+"""Which denoising steps refresh the deep feature (full) and which reuse it (cached).
+
+Pure functions of (params, step index, executed steps), so the decision for a step never depends
+on how many UNet calls a sampler makes. Step 0 is always full, so a cached step always has a
+feature stored before it.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from .params import DeepCacheParams
+
+# The paper tuned its non-uniform schedule on 50 PLMS steps with the densest refreshes around
+# step 15 and a power of 1.4; the center is kept at the same fraction of the window.
+NON_UNIFORM_CENTER = 0.3
+NON_UNIFORM_POWER = 1.4
+_POWER_STEP = 0.02
+
+
+def window(params: DeepCacheParams, total_steps: int) -> range:
+    """Step indices in which caching may happen: ``[start, end)`` of the executed steps."""
+    first = math.ceil(params.start * total_steps - 1e-9)
+    last = math.ceil(params.end * total_steps - 1e-9)
+    return range(max(0, first), min(total_steps, last))
+
+
+@lru_cache(maxsize=256)
+def _non_uniform_refreshes(length: int, interval: int) -> frozenset[int]:
+    """Refresh offsets in a window of ``length`` steps, denser around the center.
+
+    As many refreshes as the uniform schedule would make (ceil(length / interval)), placed at
+    ``c + sign(u)|u|^p`` for ``u`` evenly spaced, so their spacing grows with the distance from the
+    center ``c``. When rounding merges two of them the power is lowered until all are distinct;
+    at power 1 the spacing is even, which always fits.
+    """
+    count = math.ceil(length / interval)
+    if count >= length:
+        return frozenset(range(length))
+    center = NON_UNIFORM_CENTER * length
+    power = NON_UNIFORM_POWER
+    while True:
+        low = -(center ** (1 / power))
+        high = (length - center) ** (1 / power)
+        offsets = set()
+        for k in range(count):
+            u = low + (high - low) * k / count
+            position = center + math.copysign(abs(u) ** power, u)
+            offsets.add(min(length - 1, max(0, math.floor(position + 1e-9))))
+        if len(offsets) == count or power <= 1.0:
+            return frozenset(offsets)
+        power = max(1.0, power - _POWER_STEP)
+
+
+def is_full_step(params: DeepCacheParams, step: int, total_steps: int) -> bool:
+    """True when ``step`` (0-based, of ``total_steps`` executed) must run the whole UNet."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if params.interval == 1 or step >= total_steps:
+        return True
+    span = window(params, total_steps)
+    if step == 0 or step not in span:
+        return True
+    offset = step - span.start
+    if params.schedule == "uniform":
+        return offset % params.interval == 0
+    return offset in _non_uniform_refreshes(len(span), params.interval)
+
+
+def full_steps(params: DeepCacheParams, total_steps: int) -> list[int]:
+    """All full steps of a pass, e.g. for reporting the expected counts."""
+    return [i for i in range(total_steps) if is_full_step(params, i, total_steps)]
+
+
+def last_cached_step(params: DeepCacheParams, total_steps: int) -> int:
+    """Index of the last cached step, or -1: after it no feature needs to be stored."""
+    for step in range(total_steps - 1, -1, -1):
+        if not is_full_step(params, step, total_steps):
+            return step
+    return -1

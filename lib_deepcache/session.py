@@ -1,0 +1,360 @@
+"""The session: the one owner of every patch DeepCache applies to a UNet.
+
+``with DeepCacheSession(unet, params, total_steps):`` wraps the UNet's blocks and registers a
+pre-hook on the UNet itself; leaving the block (normally, by exception or by
+``KeyboardInterrupt``) removes them all and frees the cache. Nothing replaces the UNet's own
+``forward``, so a foreign forward (ControlNet's) keeps running and our block wrappers inside it
+do the caching.
+
+Per UNet call: the pre-hook reads the timestep and asks the :class:`StepClock` which step it is;
+the schedule says full or cached for that step. Per pass through the blocks (a pass starts at
+``input_blocks[0]``): the pass takes the next call slot of the step and looks its feature up in
+the :class:`FeatureCache`; a miss runs fully and refreshes the slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+import torch
+
+from . import schedule
+from .cache import CacheEntry, FeatureCache, key_of
+from .clock import StepClock, Tick
+from .flops import count_block_flops
+from .params import DeepCacheParams, effective_depth
+from .patches import Forward, PatchSet, WrapperFactory
+from .unet_ldm import LdmLayout, Role, blocks
+
+logger = logging.getLogger("deepcache")
+
+# UNets with a session open; a second session on the same UNet would double-wrap its blocks.
+_ACTIVE: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+class SessionConflictError(RuntimeError):
+    """A second DeepCache session was opened on a UNet that already has one."""
+
+
+class _Mode(Enum):
+    FULL = "full"
+    CACHED = "cached"
+    PASS_THROUGH = "pass-through"
+
+
+@dataclass
+class DeepCacheStats:
+    """What happened in a session; steps are denoising steps, passes are UNet evaluations."""
+
+    depth: int = 0
+    full_steps: int = 0
+    cached_steps: int = 0
+    full_passes: int = 0
+    cached_passes: int = 0
+    miss_passes: int = 0
+    unannounced_passes: int = 0
+    restarts: int = 0
+    steps_beyond_total: int = 0
+    shallow_share: float | None = None
+
+    @property
+    def estimated_flop_saving(self) -> float | None:
+        """Fraction of UNet FLOPs saved against running every pass fully."""
+        passes = self.full_passes + self.cached_passes + self.miss_passes + self.unannounced_passes
+        if self.shallow_share is None or passes == 0:
+            return None
+        return self.cached_passes * (1.0 - self.shallow_share) / passes
+
+    def summary(self) -> str:
+        text = f"{self.full_steps} full / {self.cached_steps} cached steps"
+        saving = self.estimated_flop_saving
+        if saving is not None:
+            text += f", ~{saving:.0%} UNet FLOPs saved"
+        return text
+
+
+@dataclass
+class _Pass:
+    mode: _Mode
+    slot: int
+    key: Any = None
+    store: bool = False
+    entry: CacheEntry | None = None
+    skip_channels: int | None = None
+    skipped_shapes: dict[tuple[str, int], torch.Size] = field(default_factory=dict)
+
+
+class DeepCacheSession:
+    """Applies DeepCache to ``unet`` for one sampling pass of ``total_steps`` executed steps.
+
+    ``timestep_grid``: the timesteps at which the sampler's steps start, when the host knows
+    them; with it, midpoint evaluations of DPM2/DPM++ SDE-type samplers stay in their step.
+    A disabled ``params`` installs nothing at all.
+    """
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        params: DeepCacheParams,
+        total_steps: int,
+        timestep_grid: Sequence[float] | None = None,
+    ) -> None:
+        if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        self.unet = unet
+        self.params = params
+        self.total_steps = total_steps
+        self.layout = LdmLayout.of(unet) if params.enabled else None
+        self.depth = effective_depth(params.depth, self.layout.num_blocks) if self.layout else 0
+        if self.layout and self.depth != params.depth:
+            logger.info(
+                "DeepCache: depth %d clamped to %d for a UNet with %d input blocks",
+                params.depth,
+                self.depth,
+                self.layout.num_blocks,
+            )
+        self.stats = DeepCacheStats(depth=self.depth)
+        self._layout = self.layout or LdmLayout(num_blocks=0)
+        self._grid = timestep_grid
+        self._clock = StepClock(timestep_grid)
+        self._cache = FeatureCache()
+        self._patches = PatchSet()
+        self._active = False
+        self._closed = False
+        self._host_step: int | None = None
+        self._announced = False
+        self._step_is_full = True
+        self._step = -1
+        self._slot = 0
+        self._pass: _Pass | None = None
+        self._last_cached = schedule.last_cached_step(params, total_steps)
+        self._call_shapes: tuple[Any, ...] | None = None
+        self._warned_overflow = False
+
+    # ----------------------------------------------------------------- lifecycle
+    def __enter__(self) -> DeepCacheSession:
+        if self._active or not self.params.enabled:
+            return self
+        if self._closed:
+            raise RuntimeError("a DeepCache session cannot be reopened; create a new one")
+        if self.unet in _ACTIVE:
+            raise SessionConflictError(
+                f"DeepCache is already active on this {type(self.unet).__name__}"
+            )
+        _ACTIVE.add(self.unet)
+        self._active = True
+        try:
+            self._install()
+        except BaseException:
+            self._uninstall()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._uninstall()
+
+    def close(self) -> None:
+        """Same as leaving the ``with`` block; safe to call any number of times."""
+        self._uninstall()
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def _install(self) -> None:
+        self._patches.add_handle(
+            self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True)
+        )
+        for role, index, module in blocks(self.unet):
+            self._patches.wrap_forward(module, self._wrapper_factory(role, index))
+
+    def _uninstall(self) -> None:
+        if not self._active:
+            return
+        self._active = False
+        self._closed = True
+        try:
+            self._patches.remove_all()
+        finally:
+            self._pass = None
+            self._cache.clear()
+            _ACTIVE.discard(self.unet)
+            self._fill_flop_stats()
+            logger.info("DeepCache: %s", self.stats.summary())
+
+    # ----------------------------------------------------------------- host inputs
+    def set_step(self, step: int) -> None:
+        """Let a host that counts denoising steps itself supply the index of the next calls.
+
+        Timesteps are then ignored for step detection. Needed where the timestep cannot be read
+        (tensors on ``meta``); optional elsewhere.
+        """
+        self._host_step = int(step)
+
+    @property
+    def cache_nbytes(self) -> int:
+        return self._cache.nbytes
+
+    @property
+    def cached_tensors(self) -> list[torch.Tensor]:
+        return self._cache.tensors()
+
+    # ----------------------------------------------------------------- per UNet call
+    def _on_unet_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if not self._active:
+            return None
+        if self._call_shapes is None and args:
+            self._call_shapes = _call_shapes(args, kwargs)
+        if self._host_step is not None:
+            self._on_tick(self._clock.observe_index(self._host_step))
+            return None
+        timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
+        value = _read_timestep(timesteps)
+        if value is None:
+            self._announced = False
+            return None
+        self._on_tick(self._clock.observe(value))
+        return None
+
+    def _on_tick(self, tick: Tick) -> None:
+        self._announced = True
+        if tick.restarted:
+            self._cache.clear()
+            self.stats.restarts += 1
+        if not tick.new_step:
+            return
+        self._step, self._slot = tick.step, 0
+        if tick.step >= self.total_steps:
+            self.stats.steps_beyond_total += 1
+            if not self._warned_overflow:
+                self._warned_overflow = True
+                logger.warning(
+                    "DeepCache: the sampler reached step %d of %d expected; extra steps run fully"
+                    " (a sampler with intermediate timesteps needs the timestep grid)",
+                    tick.step + 1,
+                    self.total_steps,
+                )
+        self._step_is_full = schedule.is_full_step(self.params, tick.step, self.total_steps)
+        if self._step_is_full:
+            self.stats.full_steps += 1
+        else:
+            self.stats.cached_steps += 1
+
+    def _begin_pass(self, h: torch.Tensor) -> _Pass:
+        if not self._announced:
+            self.stats.unannounced_passes += 1
+            return _Pass(_Mode.PASS_THROUGH, slot=-1)
+        slot, self._slot = self._slot, self._slot + 1
+        key = key_of(h)
+        store = self._step < self._last_cached
+        if self._step_is_full:
+            self.stats.full_passes += 1
+            return _Pass(_Mode.FULL, slot, key, store=store)
+        entry = self._cache.get(slot, key)
+        if entry is None:
+            self.stats.miss_passes += 1
+            return _Pass(_Mode.FULL, slot, key, store=store)
+        self.stats.cached_passes += 1
+        return _Pass(_Mode.CACHED, slot, key, store=store, entry=entry)
+
+    # ----------------------------------------------------------------- per block
+    def _wrapper_factory(self, role: Role, index: int) -> WrapperFactory:
+        def make(previous: Forward) -> Forward:
+            def deepcache_block(*args: Any, **kwargs: Any) -> Any:
+                if not self._active:
+                    return previous(*args, **kwargs)
+                return self._run_block(role, index, previous, args, kwargs)
+
+            return deepcache_block
+
+        return make
+
+    def _run_block(
+        self, role: Role, index: int, previous: Forward, args: tuple, kwargs: dict
+    ) -> Any:
+        h = args[0] if args else kwargs.get("x")
+        if role is Role.INPUT and index == 0:
+            self._pass = self._begin_pass(h)
+        p = self._pass
+        if p is None or p.mode is _Mode.PASS_THROUGH:
+            return previous(*args, **kwargs)
+
+        layout, depth = self._layout, self.depth
+        skipped = layout.is_skipped(role, index, depth)
+        at_boundary = role is Role.OUTPUT and index == layout.boundary(depth)
+
+        if p.mode is _Mode.CACHED:
+            if skipped:
+                return h.new_zeros(p.entry.skipped_shapes[(role.value, index)])
+            if at_boundary:
+                args, kwargs = _with_first(args, kwargs, self._splice(p, h))
+        elif at_boundary and p.store:
+            self._store(p, h)
+
+        out = previous(*args, **kwargs)
+        if role is Role.INPUT and index == depth:
+            p.skip_channels = out.shape[1]
+        elif skipped and p.store and p.mode is _Mode.FULL:
+            p.skipped_shapes[(role.value, index)] = out.shape
+        if role is Role.OUTPUT and index == layout.num_blocks - 1:
+            self._pass = None
+        return out
+
+    def _splice(self, p: _Pass, z: torch.Tensor) -> torch.Tensor:
+        """Replace the deep half of the boundary block's input with the stored feature."""
+        feature = p.entry.feature
+        skip = z[:, z.shape[1] - p.skip_channels :]
+        if feature.shape[0] != skip.shape[0] or feature.shape[2:] != skip.shape[2:]:
+            raise RuntimeError(
+                f"DeepCache: cached feature {tuple(feature.shape)} does not fit skip"
+                f" {tuple(skip.shape)}; another extension changed the UNet's shapes mid-pass"
+            )
+        return torch.cat([feature, skip], dim=1)
+
+    def _store(self, p: _Pass, z: torch.Tensor) -> None:
+        feature = z[:, : z.shape[1] - p.skip_channels].detach().clone()
+        self._cache.put(p.slot, CacheEntry(p.key, feature, dict(p.skipped_shapes)))
+
+    # ----------------------------------------------------------------- statistics
+    def _fill_flop_stats(self) -> None:
+        if self._call_shapes is None or self.layout is None or self.stats.cached_passes == 0:
+            return
+        x_shape, context_shape, y_shape, dtype = self._call_shapes
+        try:
+            counted = count_block_flops(self.unet, x_shape, context_shape, y_shape, dtype)
+        except Exception as error:  # a host attention kernel with no meta support, say
+            logger.debug("DeepCache: FLOP estimate unavailable: %s", error)
+            return
+        share = counted.shallow_share(self.depth, self._layout)
+        self.stats = replace(self.stats, shallow_share=share)
+
+
+def _read_timestep(timesteps: Any) -> float | None:
+    if isinstance(timesteps, (int, float)):
+        return float(timesteps)
+    if not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0 or timesteps.is_meta:
+        return None
+    return float(timesteps.reshape(-1)[0].item())
+
+
+def _call_shapes(args: tuple, kwargs: dict) -> tuple[Any, ...]:
+    x = args[0]
+    context = args[2] if len(args) > 2 else kwargs.get("context")
+    y = args[3] if len(args) > 3 else kwargs.get("y")
+    return (
+        tuple(x.shape),
+        tuple(context.shape) if isinstance(context, torch.Tensor) else None,
+        tuple(y.shape) if isinstance(y, torch.Tensor) else None,
+        x.dtype,
+    )
+
+
+def _with_first(args: tuple, kwargs: dict, value: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, "x": value}
