@@ -26,7 +26,7 @@ import torch
 from . import schedule
 from .cache import CacheEntry, FeatureCache, key_of
 from .clock import StepClock, Tick
-from .flops import count_block_flops
+from .flops import BlockFlops, count_block_flops
 from .params import DeepCacheParams, effective_depth
 from .patches import Forward, PatchSet, WrapperFactory
 from .unet_ldm import LdmLayout, Role, blocks
@@ -35,6 +35,9 @@ logger = logging.getLogger("deepcache")
 
 # UNets with a session open; a second session on the same UNet would double-wrap its blocks.
 _ACTIVE: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+_FLOP_MEMO: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[Any, ...], BlockFlops]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class SessionConflictError(RuntimeError):
@@ -125,6 +128,7 @@ class DeepCacheSession:
         self._cache = FeatureCache()
         self._patches = PatchSet()
         self._active = False
+        self._nesting = 0
         self._closed = False
         self._host_step: int | None = None
         self._announced = False
@@ -138,7 +142,10 @@ class DeepCacheSession:
 
     # ----------------------------------------------------------------- lifecycle
     def __enter__(self) -> DeepCacheSession:
-        if self._active or not self.params.enabled:
+        if not self.params.enabled:
+            return self
+        if self._active:
+            self._nesting += 1
             return self
         if self._closed:
             raise RuntimeError("a DeepCache session cannot be reopened; create a new one")
@@ -156,10 +163,14 @@ class DeepCacheSession:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._nesting:
+            self._nesting -= 1
+            return
         self._uninstall()
 
     def close(self) -> None:
-        """Same as leaving the ``with`` block; safe to call any number of times."""
+        """Remove everything now, however often entered; safe to call any number of times."""
+        self._nesting = 0
         self._uninstall()
 
     @property
@@ -184,7 +195,6 @@ class DeepCacheSession:
             self._pass = None
             self._cache.clear()
             _ACTIVE.discard(self.unet)
-            self._fill_flop_stats()
             logger.info("DeepCache: %s", self.stats.summary())
 
     # ----------------------------------------------------------------- host inputs
@@ -321,17 +331,28 @@ class DeepCacheSession:
         self._cache.put(p.slot, CacheEntry(p.key, feature, dict(p.skipped_shapes)))
 
     # ----------------------------------------------------------------- statistics
-    def _fill_flop_stats(self) -> None:
-        if self._call_shapes is None or self.layout is None or self.stats.cached_passes == 0:
-            return
-        x_shape, context_shape, y_shape, dtype = self._call_shapes
-        try:
-            counted = count_block_flops(self.unet, x_shape, context_shape, y_shape, dtype)
-        except Exception as error:  # a host attention kernel with no meta support, say
-            logger.debug("DeepCache: FLOP estimate unavailable: %s", error)
-            return
-        share = counted.shallow_share(self.depth, self._layout)
+    def measure_flops(self) -> DeepCacheStats:
+        """Fill ``stats.shallow_share`` by counting the UNet's FLOPs on a ``meta`` twin.
+
+        Costs about a second for SD1.5 on a CPU the first time for a UNet and input shape (then
+        memoised), so hosts call it when they want the figure, never on the sampling path.
+        Returns the stats; ``shallow_share`` stays None if the UNet cannot run on ``meta``.
+        """
+        if self._call_shapes is None or self.layout is None:
+            return self.stats
+        counted = _FLOP_MEMO.setdefault(self.unet, {})
+        if self._call_shapes not in counted:
+            x_shape, context_shape, y_shape, dtype = self._call_shapes
+            try:
+                counted[self._call_shapes] = count_block_flops(
+                    self.unet, x_shape, context_shape, y_shape, dtype
+                )
+            except Exception as error:  # e.g. a host attention kernel with no meta support
+                logger.warning("DeepCache: cannot count UNet FLOPs: %s", error)
+                return self.stats
+        share = counted[self._call_shapes].shallow_share(self.depth, self._layout)
         self.stats = replace(self.stats, shallow_share=share)
+        return self.stats
 
 
 def _read_timestep(timesteps: Any) -> float | None:

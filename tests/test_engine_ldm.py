@@ -100,7 +100,7 @@ def test_foreign_forward_with_residuals_matches_the_rule(sd15):
     are dropped on cached steps, live ones applied."""
     params = DeepCacheParams(enabled=True, interval=3, depth=1)
     x, context = inputs("sd15", 32)
-    residuals = block_residuals(sd15, x, seed=5)
+    residuals = block_residuals(sd15, x, context, seed=5)
     sd15.forward = controlnet_like_forward(residuals).__get__(sd15)
     try:
         got, session = drive(sd15, params, x, context)
@@ -116,7 +116,7 @@ def test_foreign_forward_with_residuals_matches_the_rule(sd15):
 
 def test_foreign_forward_interval_one_is_bit_identical(sd15):
     x, context = inputs("sd15", 32)
-    residuals = block_residuals(sd15, x, seed=6)
+    residuals = block_residuals(sd15, x, context, seed=6)
     sd15.forward = controlnet_like_forward(residuals).__get__(sd15)
     try:
         with torch.no_grad():

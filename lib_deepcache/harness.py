@@ -1,0 +1,139 @@
+"""A seeded UNet sampled by real k-diffusion samplers, wired the way the WebUI wires them.
+
+Used by the benchmark and the tests. Needs ``k-diffusion`` and ``ldm`` (stable-diffusion-sdkit);
+the engine itself does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import k_diffusion
+import torch
+
+from .archs import PREDICTION, build_unet, unet_config
+
+SAMPLERS: dict[str, Callable] = {
+    "euler": k_diffusion.sampling.sample_euler,
+    "dpmpp_2m": k_diffusion.sampling.sample_dpmpp_2m,
+    "heun": k_diffusion.sampling.sample_heun,
+    "dpmpp_sde": k_diffusion.sampling.sample_dpmpp_sde,
+    "dpm_2": k_diffusion.sampling.sample_dpm_2,
+}
+
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    """The SD1/SD2 training schedule (scaled-linear betas, 1000 steps)."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+class LatentModel(torch.nn.Module):
+    """The slice of ldm's LatentDiffusion that k-diffusion's CompVis wrappers call."""
+
+    def __init__(self, unet: torch.nn.Module, image_cond: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.diffusion_model = unet
+        self.image_cond = image_cond
+        self.register_buffer("alphas_cumprod", sd_alphas_cumprod())
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if self.image_cond is not None:
+            x = torch.cat([x, self.image_cond[: x.shape[0]]], dim=1)
+        return self.diffusion_model(x, t, context=cond)
+
+
+def denoiser_for(arch: str, model: LatentModel) -> torch.nn.Module:
+    if PREDICTION[arch] == "v":
+        return k_diffusion.external.CompVisVDenoiser(model)
+    return k_diffusion.external.CompVisDenoiser(model)
+
+
+@dataclass
+class CFGDenoiser:
+    """Classifier-free guidance the way the WebUI batches it.
+
+    ``split``: cond and uncond as separate UNet calls (different token lengths, or
+    batch_cond_uncond off). ``uncond_below``: drop the uncond rows once sigma falls under this
+    value (the WebUI's "negative guidance minimum sigma"), so the batch shrinks mid-run.
+    """
+
+    denoiser: torch.nn.Module
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    scale: float = 7.0
+    split: bool = False
+    uncond_below: float | None = None
+    sigmas_seen: list[float] = field(default_factory=list)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
+        self.sigmas_seen.append(float(sigma[0]))
+        if self.uncond_below is not None and float(sigma[0]) < self.uncond_below:
+            return self.denoiser(x, sigma, cond=self.cond)
+        if self.split:
+            c = self.denoiser(x, sigma, cond=self.cond)
+            u = self.denoiser(x, sigma, cond=self.uncond)
+        else:
+            both = self.denoiser(
+                torch.cat([x, x]),
+                torch.cat([sigma, sigma]),
+                cond=torch.cat([self.cond, self.uncond]),
+            )
+            c, u = both.chunk(2)
+        return u + (c - u) * self.scale
+
+
+@dataclass
+class Rig:
+    """A seeded UNet with everything needed to sample from it."""
+
+    arch: str
+    unet: torch.nn.Module
+    model: LatentModel
+    denoiser: torch.nn.Module
+    context_dim: int
+
+    def text(self, batch: int, seed: int, tokens: int = 77) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(batch, tokens, self.context_dim, generator=g)
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        return self.denoiser.get_sigmas(steps)
+
+    def timestep_grid(self, sigmas: torch.Tensor) -> list[float]:
+        """The timesteps at which the sampler's steps start, as the UNet will receive them."""
+        return [float(t) for t in self.denoiser.sigma_to_t(sigmas[:-1])]
+
+    def sample(
+        self,
+        sampler: str,
+        steps: int,
+        batch: int = 1,
+        size: int = 16,
+        seed: int = 0,
+        sigmas: torch.Tensor | None = None,
+        **cfg: object,
+    ) -> tuple[torch.Tensor, CFGDenoiser]:
+        sigmas = self.sigmas(steps) if sigmas is None else sigmas
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch, 4, size, size, generator=g) * sigmas[0]
+        guide = CFGDenoiser(self.denoiser, self.text(batch, seed + 1), self.text(batch, seed + 2))
+        for name, value in cfg.items():
+            setattr(guide, name, value)
+        torch.manual_seed(seed + 3)  # the SDE samplers draw their noise from the global RNG
+        with torch.no_grad():
+            out = SAMPLERS[sampler](guide, x, sigmas, disable=True)
+        return out, guide
+
+
+def make_rig(arch: str = "sd15", width: int | None = 32, seed: int = 0, size: int = 16) -> Rig:
+    unet = build_unet(arch, width=width, seed=seed)
+    image_cond = None
+    if unet_config(arch, width)["in_channels"] == 9:
+        g = torch.Generator().manual_seed(seed + 7)
+        image_cond = torch.randn(8, 5, size, size, generator=g)
+    model = LatentModel(unet, image_cond)
+    return Rig(
+        arch, unet, model, denoiser_for(arch, model), unet_config(arch, width)["context_dim"]
+    )

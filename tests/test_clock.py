@@ -1,0 +1,46 @@
+"""Step detection from the timesteps the UNet receives."""
+
+from __future__ import annotations
+
+from lib_deepcache.clock import StepClock
+
+
+def steps_of(clock, timesteps):
+    return [clock.observe(t).step for t in timesteps]
+
+
+def test_one_call_per_step_integer_timesteps():
+    assert steps_of(StepClock(), [999, 949, 899, 849]) == [0, 1, 2, 3]
+
+
+def test_repeated_timestep_is_the_same_step():
+    """Split CFG: cond and uncond at the same timestep are two slots of one step."""
+    assert steps_of(StepClock(), [999.0, 999.0, 900.5, 900.5]) == [0, 0, 1, 1]
+
+
+def test_heun_correction_joins_the_next_noise_level():
+    # step 0 at t0, correction at t1; step 1 at t1, correction at t2; last step Euler only.
+    calls = [900.0, 800.0, 800.0, 700.0, 700.0]
+    assert steps_of(StepClock(), calls) == [0, 1, 1, 2, 2]
+
+
+def test_grid_keeps_midpoints_inside_their_step():
+    grid = [900.0, 800.0, 700.0]
+    calls = [900.0, 850.3, 800.0, 749.1, 700.0]
+    assert steps_of(StepClock(grid), calls) == [0, 0, 1, 1, 2]
+    assert steps_of(StepClock(), calls) == [0, 1, 2, 3, 4]
+
+
+def test_timestep_going_up_restarts():
+    clock = StepClock()
+    steps_of(clock, [900.0, 800.0])
+    tick = clock.observe(950.0)
+    assert (tick.step, tick.new_step, tick.restarted) == (0, True, True)
+
+
+def test_host_step_index():
+    clock = StepClock()
+    assert clock.observe_index(0).new_step
+    assert not clock.observe_index(0).new_step
+    assert clock.observe_index(1).step == 1
+    assert clock.observe_index(0).restarted
