@@ -4,9 +4,10 @@ Counting UNet calls is wrong (second-order samplers and split CFG call the UNet 
 step), so a step is identified by its timestep instead:
 
 * the same timestep as the current step: the same step (another call slot of it);
-* a lower timestep: the next step; when the host supplied the sampler's timestep grid, only a
-  timestep on the grid starts a step, so the midpoint evaluations of DPM2 / DPM++ 2S / DPM++ SDE
-  stay inside their step;
+* a lower timestep: the next step. When the host supplied the sampler's timestep grid, only a
+  timestep on the grid starts a step, and the step index is its position in the grid: midpoint
+  evaluations of DPM2 / DPM++ 2S / DPM++ SDE stay inside their step, and a session opened in the
+  middle of a pass (after a model swap) knows which step it is at;
 * a higher timestep: a new pass (hires fix, Restart sampler) that starts from step 0 again.
 
 Heun-type samplers evaluate their correction at the next step's timestep; that call joins the
@@ -39,7 +40,9 @@ class Tick:
 
 class StepClock:
     def __init__(self, grid: Sequence[float] | None = None) -> None:
-        self._grid = sorted(float(t) for t in grid) if grid is not None else None
+        order = [float(t) for t in grid] if grid is not None else None
+        # (timestep, step index) sorted by timestep, for bisection
+        self._grid = sorted((t, i) for i, t in enumerate(order)) if order is not None else None
         self._current: float | None = None
         self._step = -1
 
@@ -48,19 +51,19 @@ class StepClock:
         return self._step
 
     def observe(self, timestep: float) -> Tick:
-        if self._current is None:
-            self._current, self._step = timestep, 0
-            return Tick(0, new_step=True, restarted=False)
-        if same_timestep(timestep, self._current):
+        first = self._current is None
+        if not first and same_timestep(timestep, self._current):
             return Tick(self._step, new_step=False, restarted=False)
-        if timestep > self._current:
-            self._current, self._step = timestep, 0
-            return Tick(0, new_step=True, restarted=True)
-        if self._grid is not None and not self._on_grid(timestep):
-            return Tick(self._step, new_step=False, restarted=False)
-        self._current = timestep
-        self._step += 1
-        return Tick(self._step, new_step=True, restarted=False)
+        restarted = not first and timestep > self._current
+        if self._grid is not None:
+            index = self._grid_index(timestep)
+            if index is None and not (first or restarted):
+                return Tick(self._step, new_step=False, restarted=False)  # a midpoint
+            step = 0 if index is None else index
+        else:
+            step = 0 if first or restarted else self._step + 1
+        self._current, self._step = timestep, step
+        return Tick(step, new_step=True, restarted=restarted)
 
     def observe_index(self, step: int) -> Tick:
         """Take the step index from a host that counts steps itself (e.g. its step callback).
@@ -73,7 +76,11 @@ class StepClock:
         self._step, self._current = step, None
         return Tick(step, new_step=True, restarted=restarted)
 
-    def _on_grid(self, timestep: float) -> bool:
+    def _grid_index(self, timestep: float) -> int | None:
+        """The step that starts at this timestep, or None for a timestep between steps."""
         grid = self._grid or []
-        i = bisect.bisect_left(grid, timestep)
-        return any(same_timestep(grid[j], timestep) for j in (i - 1, i) if 0 <= j < len(grid))
+        i = bisect.bisect_left(grid, (timestep, -1))
+        for j in (i - 1, i):
+            if 0 <= j < len(grid) and same_timestep(grid[j][0], timestep):
+                return grid[j][1]
+        return None

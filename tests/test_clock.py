@@ -44,3 +44,11 @@ def test_host_step_index():
     assert not clock.observe_index(0).new_step
     assert clock.observe_index(1).step == 1
     assert clock.observe_index(0).restarted
+
+
+def test_grid_gives_the_absolute_step_even_mid_pass():
+    """A session opened after a model swap first sees step 12's timestep: it is step 12."""
+    grid = [float(t) for t in range(950, -1, -50)]
+    clock = StepClock(grid)
+    assert clock.observe(grid[12]).step == 12
+    assert clock.observe(grid[13]).step == 13

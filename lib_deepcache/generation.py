@@ -1,0 +1,101 @@
+"""One generation as the WebUI runs it: several sampling passes, each with its own session.
+
+A generation samples a first pass and maybe a hires-fix pass (per batch iteration), and the
+refiner may swap the UNet in the middle of a pass. Each pass gets a fresh
+:class:`DeepCacheSession` with the pass's own parameters and executed step count; a model swap
+closes the old UNet's session and opens one on the new UNet for the rest of the pass. The
+host adapter calls :meth:`begin_pass`, :meth:`follow_unet` and :meth:`close`; it holds no
+caching logic itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .params import DeepCacheParams
+from .session import DeepCacheSession, DeepCacheStats
+
+logger = logging.getLogger("deepcache")
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """What a pass needs: its parameters, its executed step count and timestep grid."""
+
+    name: str
+    params: DeepCacheParams
+    total_steps: int
+    timestep_grid: Sequence[float] | None = None
+
+
+@dataclass
+class PassRecord:
+    name: str
+    stats: list[DeepCacheStats]
+
+    @property
+    def full_steps(self) -> int:
+        return sum(s.full_steps for s in self.stats)
+
+    @property
+    def cached_steps(self) -> int:
+        return sum(s.cached_steps for s in self.stats)
+
+
+class GenerationRun:
+    def __init__(self) -> None:
+        self._session: DeepCacheSession | None = None
+        self._plan: PassPlan | None = None
+        self.passes: list[PassRecord] = []
+
+    @property
+    def session(self) -> DeepCacheSession | None:
+        return self._session
+
+    def begin_pass(self, unet: torch.nn.Module, plan: PassPlan) -> None:
+        """Close the previous pass's session and, if enabled, hook ``unet`` for this pass."""
+        self._close_session()
+        self._plan = plan
+        if not plan.params.enabled:
+            return
+        self.passes.append(PassRecord(plan.name, []))
+        self._open(unet, plan)
+
+    def follow_unet(self, unet: torch.nn.Module) -> None:
+        """The host's model changed mid-pass (refiner): move the hooks to the new UNet."""
+        session, plan = self._session, self._plan
+        if session is None or plan is None or session.unet is unet:
+            return
+        logger.info("DeepCache: the model changed mid-pass; hooking the new UNet")
+        self._close_session()
+        self._open(unet, plan)
+
+    def close(self) -> None:
+        """Remove every hook; safe to call any number of times, also after errors."""
+        self._close_session()
+        self._plan = None
+
+    def counts_infotext(self) -> str:
+        """``7 full / 13 cached``; with two passes ``first pass ...; hires ...``."""
+        parts = []
+        for record in self.passes:
+            text = f"{record.full_steps} full / {record.cached_steps} cached"
+            parts.append(text if len(self.passes) == 1 else f"{record.name} {text}")
+        return "; ".join(parts)
+
+    def _open(self, unet: torch.nn.Module, plan: PassPlan) -> None:
+        session = DeepCacheSession(unet, plan.params, plan.total_steps, plan.timestep_grid)
+        session.__enter__()
+        self._session = session
+
+    def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is None:
+            return
+        session.close()
+        if self.passes:
+            self.passes[-1].stats.append(session.stats)

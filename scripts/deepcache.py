@@ -1,0 +1,334 @@
+"""DeepCache for AUTOMATIC1111: the accordion, infotext, API guard and X/Y/Z axes.
+
+A thin adapter: it turns the host's controls, API args and processing object into
+:class:`ScriptArgs` and :class:`PassPlan`s and hands them to :class:`GenerationRun`
+(``lib_deepcache``), which owns every hook on the UNet. The WebUI puts this extension's folder on
+``sys.path`` while it imports this file, so ``lib_deepcache`` is imported at the top.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+from modules import script_callbacks, scripts, shared
+
+from lib_deepcache import api_guard
+from lib_deepcache.generation import GenerationRun, PassPlan
+from lib_deepcache.params import MAX_DEPTH, SCHEDULES, DeepCacheParamError
+from lib_deepcache.script_args import (
+    ARG_NAMES,
+    INFOTEXT_HIRES_KEY,
+    INFOTEXT_KEY,
+    INFOTEXT_STEPS_KEY,
+    ScriptArgs,
+)
+from lib_deepcache.unet_ldm import UnsupportedUNetError
+
+logger = logging.getLogger("deepcache")
+
+# A1111 >= 1.10 calls this hook before every sampler call (first pass, hires pass, img2img).
+HAS_PER_PASS_HOOK = "process_before_every_sampling" in vars(scripts.Script)
+OVERRIDES_ATTR = "deepcache_overrides"  # set per X/Y/Z cell on the copied processing object
+ERROR_KEY = "DeepCache error"
+
+# The WebUI runs one generation at a time; this is it (None when idle).
+_run: GenerationRun | None = None
+
+
+def _close_run() -> GenerationRun | None:
+    global _run
+    run, _run = _run, None
+    if run is not None:
+        run.close()
+    return run
+
+
+def _current_unet() -> Any:
+    """The UNet of the model sampling right now (the refiner replaces ``shared.sd_model``)."""
+    try:
+        return shared.sd_model.model.diffusion_model
+    except AttributeError:
+        raise UnsupportedUNetError(
+            f"{type(shared.sd_model).__name__} has no model.diffusion_model"
+        ) from None
+
+
+def _is_img2img_pass(p: Any) -> bool:
+    return bool(getattr(p, "is_hr_pass", False)) or hasattr(p, "init_images")
+
+
+def _pass_plan(p: Any, args: ScriptArgs) -> PassPlan:
+    """Parameters, executed steps and timestep grid of the pass about to sample."""
+    from modules import sd_samplers_common
+
+    hires = bool(getattr(p, "is_hr_pass", False))
+    params = args.hires_pass() if hires else args.first
+    if _is_img2img_pass(p):
+        requested = (p.hr_second_pass_steps or p.steps) if hires else None
+        steps, t_enc = sd_samplers_common.setup_img2img_steps(p, requested)
+        executed = t_enc + 1
+    else:
+        steps, t_enc, executed = p.steps, None, p.steps
+    name = "hires" if hires else "first pass"
+    return PassPlan(name, params, max(1, executed), _timestep_grid(p, steps, t_enc))
+
+
+def _timestep_grid(p: Any, steps: int, t_enc: int | None) -> list[float] | None:
+    """The UNet timesteps at which the k-diffusion sampler's steps start, or None if unknown.
+
+    Computed with the sampler's own sigma schedule and sigma-to-timestep conversion, so the
+    midpoint evaluations of DPM2 / DPM++ 2S / DPM++ SDE are recognised inside their step.
+    """
+    sampler = getattr(p, "sampler", None)
+    wrap = getattr(getattr(sampler, "model_wrap_cfg", None), "inner_model", None)
+    wrap = wrap or getattr(sampler, "model_wrap", None)
+    if not hasattr(sampler, "get_sigmas") or not hasattr(wrap, "sigma_to_t"):
+        return None
+    try:
+        sigmas = sampler.get_sigmas(p, steps)
+        if t_enc is not None:
+            sigmas = sigmas[steps - t_enc - 1 :]
+        return [float(t) for t in wrap.sigma_to_t(sigmas[:-1].to(wrap.sigmas.device))]
+    except Exception as error:  # an unusual scheduler: fall back to timestep-only detection
+        logger.debug("DeepCache: no timestep grid for this sampler: %s", error)
+        return None
+
+
+class DeepCacheScript(scripts.Script):
+    def title(self) -> str:
+        return "DeepCache"
+
+    def show(self, is_img2img: bool) -> Any:
+        return scripts.AlwaysVisible
+
+    # ----------------------------------------------------------------- UI
+    def ui(self, is_img2img: bool) -> list[Any]:
+        defaults = ScriptArgs.defaults()
+        first, hires = defaults.first, defaults.hires
+        with _accordion(self.elem_id) as enabled:
+            with gr.Row():
+                interval = gr.Slider(
+                    1,
+                    10,
+                    value=first.interval,
+                    step=1,
+                    label="Cache interval",
+                    elem_id=self.elem_id("interval"),
+                )
+                depth = gr.Slider(
+                    0,
+                    MAX_DEPTH,
+                    value=first.depth,
+                    step=1,
+                    label="Cache depth",
+                    elem_id=self.elem_id("depth"),
+                )
+            with gr.Row():
+                start = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=first.start,
+                    step=0.01,
+                    label="Cache start",
+                    elem_id=self.elem_id("start"),
+                )
+                end = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=first.end,
+                    step=0.01,
+                    label="Cache end",
+                    elem_id=self.elem_id("end"),
+                )
+            schedule = gr.Radio(
+                list(SCHEDULES),
+                value=first.schedule,
+                label="Refresh schedule",
+                elem_id=self.elem_id("schedule"),
+            )
+            with gr.Group(visible=not is_img2img, elem_id=self.elem_id("hires_group")):
+                hires_enabled = gr.Checkbox(
+                    value=hires.enabled,
+                    label="Cache the hires fix pass",
+                    elem_id=self.elem_id("hires_enabled"),
+                )
+                with gr.Row():
+                    hires_interval = gr.Slider(
+                        1,
+                        10,
+                        value=hires.interval,
+                        step=1,
+                        label="Hires cache interval",
+                        elem_id=self.elem_id("hires_interval"),
+                    )
+                    hires_depth = gr.Slider(
+                        0,
+                        MAX_DEPTH,
+                        value=hires.depth,
+                        step=1,
+                        label="Hires cache depth",
+                        elem_id=self.elem_id("hires_depth"),
+                    )
+        controls = [
+            enabled,
+            interval,
+            depth,
+            start,
+            end,
+            schedule,
+            hires_enabled,
+            hires_interval,
+            hires_depth,
+        ]
+        self.infotext_fields = [
+            (control, _paste_value(name)) for control, name in zip(controls, ARG_NAMES, strict=True)
+        ]
+        self.paste_field_names = [INFOTEXT_KEY, INFOTEXT_HIRES_KEY]
+        return controls
+
+    # ----------------------------------------------------------------- generation
+    def process(self, p: Any, *args: Any) -> None:
+        """Parse once per generation (and per X/Y/Z cell, which re-runs ``process``)."""
+        _close_run()  # a generation that died without postprocess must not stay hooked
+        try:
+            parsed = ScriptArgs.from_args(args).with_overrides(getattr(p, OVERRIDES_ATTR, {}))
+        except DeepCacheParamError as error:
+            p.extra_generation_params[ERROR_KEY] = str(error)
+            logger.error("%s; this generation runs without DeepCache", error)
+            parsed = ScriptArgs.defaults()
+        p.deepcache_args = parsed
+        p.extra_generation_params.update(parsed.infotext(bool(getattr(p, "enable_hr", False))))
+
+    def before_process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        global _run
+        _close_run()
+        if getattr(p, "deepcache_args", ScriptArgs.defaults()).enabled:
+            _run = GenerationRun()
+
+    def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        if not HAS_PER_PASS_HOOK:
+            self._begin_pass(p)
+
+    def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        self._begin_pass(p)
+
+    def before_hr(self, p: Any, *args: Any) -> None:
+        if not HAS_PER_PASS_HOOK:
+            self._begin_pass(p)
+
+    def postprocess_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        run = _close_run()
+        if run is not None and run.passes:
+            p.extra_generation_params[INFOTEXT_STEPS_KEY] = run.counts_infotext()
+
+    def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
+        _close_run()
+
+    def _begin_pass(self, p: Any) -> None:
+        run = _run
+        if run is None:
+            return
+        try:
+            run.begin_pass(_current_unet(), _pass_plan(p, p.deepcache_args))
+        except UnsupportedUNetError as error:
+            _close_run()
+            p.extra_generation_params[ERROR_KEY] = f"unsupported model ({error})"
+            logger.warning("DeepCache: %s; generating without DeepCache", error)
+
+
+def _accordion(elem_id: Any) -> Any:
+    """An accordion with the enable checkbox in its header where the WebUI has one (>= 1.7)."""
+    try:
+        from modules.ui_components import InputAccordion
+    except ImportError:
+        return _FallbackAccordion(elem_id)
+    return InputAccordion(False, label="DeepCache", elem_id=elem_id("enabled"))
+
+
+class _FallbackAccordion:
+    """Older WebUIs: a closed accordion whose first control is the enable checkbox."""
+
+    def __init__(self, elem_id: Any) -> None:
+        self.accordion = gr.Accordion("DeepCache", open=False, elem_id=elem_id("accordion"))
+        self.elem_id = elem_id
+
+    def __enter__(self) -> Any:
+        self.accordion.__enter__()
+        return gr.Checkbox(value=False, label="Enable DeepCache", elem_id=self.elem_id("enabled"))
+
+    def __exit__(self, *exc: Any) -> None:
+        self.accordion.__exit__(*exc)
+
+
+def _paste_value(name: str) -> Any:
+    """Infotext → one control's value; a missing ``DeepCache`` key pastes 'disabled'."""
+
+    def value(fields: dict[str, Any]) -> Any:
+        try:
+            return ScriptArgs.from_infotext(fields).to_dict()[name]
+        except DeepCacheParamError as error:
+            logger.warning("DeepCache: cannot paste %s: %s", name, error)
+            return gr.update()
+
+    return value
+
+
+# ----------------------------------------------------------------- host callbacks
+def _follow_refiner(params: Any) -> None:
+    """Runs before every CFG denoiser call: if the refiner swapped the model, move the hooks."""
+    run = _run
+    if run is not None and run.session is not None:
+        run.follow_unet(_current_unet())
+
+
+def _install_api_guard(demo: Any, app: Any) -> None:
+    api_guard.install(app)
+
+
+def _xyz_axes() -> None:
+    module = next(
+        (d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"),
+        None,
+    )
+    if module is None:
+        return
+    labels = {axis.label for axis in module.axis_options}
+    for name, kind, choices in (
+        ("enabled", str, lambda: ["True", "False"]),
+        ("interval", int, None),
+        ("depth", int, None),
+        ("start", float, None),
+        ("end", float, None),
+        ("schedule", str, lambda: list(SCHEDULES)),
+    ):
+        label = f"[DeepCache] {name.capitalize()}"
+        if label in labels:
+            continue
+        module.axis_options.append(
+            module.AxisOption(
+                label, kind, _xyz_apply(name), confirm=_xyz_confirm(name), choices=choices
+            )
+        )
+
+
+def _xyz_apply(name: str) -> Any:
+    def apply(p: Any, value: Any, values: Any) -> None:
+        # A new dict per cell: the grid copies ``p`` shallowly for each cell.
+        setattr(p, OVERRIDES_ATTR, {**getattr(p, OVERRIDES_ATTR, {}), name: value})
+
+    return apply
+
+
+def _xyz_confirm(name: str) -> Any:
+    def confirm(p: Any, values: Any) -> None:
+        for value in values:
+            ScriptArgs.defaults().with_overrides({name: value})
+
+    return confirm
+
+
+script_callbacks.on_cfg_denoiser(_follow_refiner)
+script_callbacks.on_app_started(_install_api_guard)
+script_callbacks.on_before_ui(_xyz_axes)
