@@ -28,8 +28,6 @@ from lib_deepcache.unet_ldm import UnsupportedUNetError
 
 logger = logging.getLogger("deepcache")
 
-# A1111 >= 1.10 calls this hook before every sampler call (first pass, hires pass, img2img).
-HAS_PER_PASS_HOOK = "process_before_every_sampling" in vars(scripts.Script)
 OVERRIDES_ATTR = "deepcache_overrides"  # set per X/Y/Z cell on the copied processing object
 ERROR_KEY = "DeepCache error"
 
@@ -43,6 +41,11 @@ def _close_run() -> GenerationRun | None:
     if run is not None:
         run.close()
     return run
+
+
+def _host_has_per_pass_hook() -> bool:
+    """A1111 >= 1.10 calls this hook before every sampler call (first, hires pass, img2img)."""
+    return "process_before_every_sampling" in vars(scripts.Script)
 
 
 def _current_unet() -> Any:
@@ -192,6 +195,9 @@ class DeepCacheScript(scripts.Script):
     def process(self, p: Any, *args: Any) -> None:
         """Parse once per generation (and per X/Y/Z cell, which re-runs ``process``)."""
         _close_run()  # a generation that died without postprocess must not stay hooked
+        # X/Y/Z cells are shallow copies sharing one dict: drop what an earlier cell wrote.
+        for key in (INFOTEXT_KEY, INFOTEXT_HIRES_KEY, INFOTEXT_STEPS_KEY, ERROR_KEY):
+            p.extra_generation_params.pop(key, None)
         try:
             parsed = ScriptArgs.from_args(args).with_overrides(getattr(p, OVERRIDES_ATTR, {}))
         except DeepCacheParamError as error:
@@ -208,14 +214,14 @@ class DeepCacheScript(scripts.Script):
             _run = GenerationRun()
 
     def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
-        if not HAS_PER_PASS_HOOK:
+        if not _host_has_per_pass_hook():
             self._begin_pass(p)
 
     def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
         self._begin_pass(p)
 
     def before_hr(self, p: Any, *args: Any) -> None:
-        if not HAS_PER_PASS_HOOK:
+        if not _host_has_per_pass_hook():
             self._begin_pass(p)
 
     def postprocess_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
