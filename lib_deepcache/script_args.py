@@ -45,7 +45,8 @@ class ScriptArgs:
 
     @classmethod
     def defaults(cls) -> ScriptArgs:
-        return cls(DeepCacheParams(), DeepCacheParams(interval=2))
+        """Off; once enabled, the hires pass is cached too, more gently (interval 2)."""
+        return cls(DeepCacheParams(), DeepCacheParams(enabled=True, interval=2))
 
     @classmethod
     def from_args(cls, args: Sequence[Any]) -> ScriptArgs:
@@ -150,10 +151,12 @@ class ScriptArgs:
         if text is None:
             return cls.defaults()
         first = DeepCacheParams.from_infotext(str(text))
-        hires_text = str(fields.get(INFOTEXT_HIRES_KEY, "off")).strip().strip('"')
-        if hires_text == "off":
+        hires_text = fields.get(INFOTEXT_HIRES_KEY)
+        if hires_text is None:  # no hires fix in that generation: keep the default
+            hires = cls.defaults().hires
+        elif str(hires_text).strip().strip('"') == "off":
             hires = replace(cls.defaults().hires, enabled=False)
         else:
-            parsed = DeepCacheParams.from_infotext(hires_text)
+            parsed = DeepCacheParams.from_infotext(str(hires_text))
             hires = DeepCacheParams(enabled=True, interval=parsed.interval, depth=parsed.depth)
         return cls(first, replace(hires, start=first.start, end=first.end, schedule=first.schedule))

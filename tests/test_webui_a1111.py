@@ -76,8 +76,16 @@ def test_the_script_is_always_visible_with_elem_ids(host):
     assert ids[0] == "script_txt2img_deepcache_enabled-checkbox"  # InputAccordion's own id
     assert ids[1:] == [
         f"script_txt2img_deepcache_{name}"
-        for name in ("interval", "depth", "start", "end", "schedule", "hires_enabled",
-                     "hires_interval", "hires_depth")
+        for name in (
+            "interval",
+            "depth",
+            "start",
+            "end",
+            "schedule",
+            "hires_enabled",
+            "hires_interval",
+            "hires_depth",
+        )
     ]
     assert script.paste_field_names == ["DeepCache", "DeepCache hires"]
 
@@ -85,7 +93,7 @@ def test_the_script_is_always_visible_with_elem_ids(host):
 def test_txt2img_caches_and_writes_infotext(host):
     before = unet_fingerprint(host["base"].model.diffusion_model)
     _, plain = txt2img(host)
-    p, cached = txt2img(host, ON)
+    _p, cached = txt2img(host, ON)
     fields = info(cached)
     assert fields["DeepCache"] == "interval 3, depth 0, start 0%, end 100%, uniform"
     assert fields["DeepCache steps"] == "3 full / 6 cached"
@@ -115,7 +123,7 @@ def test_disabled_changes_nothing_and_is_bit_identical(host):
 
 
 def test_hires_pass_has_its_own_params_and_fresh_cache(host):
-    p, processed = txt2img(host, ON, enable_hr=True, hr_second_pass_steps=4)
+    _p, processed = txt2img(host, ON, enable_hr=True, hr_second_pass_steps=4)
     fields = info(processed)
     assert fields["DeepCache hires"] == "interval 2, depth 1"
     assert fields["DeepCache steps"] == "first pass 3 full / 6 cached; hires 2 full / 2 cached"
@@ -157,9 +165,7 @@ def test_refiner_switch_hooks_the_new_unet_and_restores_both(host):
         refiner_unet.middle_block[0].register_forward_pre_hook(lambda *a: deep_calls.append(1)),
     ]
     try:
-        _, processed = txt2img(
-            host, ON, steps=10, refiner_model=refiner, refiner_switch_at=0.6
-        )
+        _, processed = txt2img(host, ON, steps=10, refiner_model=refiner, refiner_switch_at=0.6)
     finally:
         for h in hooks:
             h.remove()
@@ -176,7 +182,10 @@ def test_webui_before_1_10_hooks_through_process_batch_and_before_hr(host, monke
     monkeypatch.delattr(scripts.Script, "process_before_every_sampling")
     scripts.PER_PASS_HOOK = False
     _, processed = txt2img(host, ON, enable_hr=True, hr_second_pass_steps=4)
-    assert info(processed)["DeepCache steps"] == "first pass 3 full / 6 cached; hires 2 full / 2 cached"
+    assert (
+        info(processed)["DeepCache steps"]
+        == "first pass 3 full / 6 cached; hires 2 full / 2 cached"
+    )
 
 
 def test_batch_count_gives_each_iteration_fresh_sessions(host):
@@ -258,3 +267,99 @@ def test_a_generation_that_crashed_does_not_leave_the_unet_hooked(host):
         processing.process_images(p)
     txt2img(host, ON)  # the next generation cleans up first
     assert_same_fingerprint(before, unet_fingerprint(unet))
+
+
+# ----------------------------------------------------------------------------- API
+@pytest.fixture
+def api(host):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from modules import api as api_module
+    from modules import script_callbacks
+
+    app = api_module.create_api(
+        FastAPI(), {"txt2img": host["txt2img"], "img2img": host["img2img"]}, init_script_args
+    )
+    client = TestClient(app)
+    assert client.post("/sdapi/v1/txt2img", json={"steps": 2}).status_code == 200
+    script_callbacks.app_started_callback(None, app)  # after start-up, as the WebUI does
+    api_module.generations.clear()
+    return client, api_module.generations
+
+
+def test_api_positional_args(api):
+    client, _generations = api
+    response = client.post(
+        "/sdapi/v1/txt2img",
+        json={"steps": 9, "alwayson_scripts": {"DeepCache": {"args": [True, 3, 1]}}},
+    )
+    assert response.status_code == 200, response.text
+    fields = parse_generation_parameters(response.json()["info"])
+    assert fields["DeepCache"] == "interval 3, depth 1, start 0%, end 100%, uniform"
+    assert fields["DeepCache steps"] == "3 full / 6 cached"
+
+
+def test_api_named_args_in_one_object(api):
+    client, _ = api
+    args = {
+        "enabled": True,
+        "interval": 4,
+        "depth": 2,
+        "schedule": "non-uniform",
+        "hires": {"enabled": False},
+    }
+    response = client.post(
+        "/sdapi/v1/img2img",
+        json={
+            "steps": 10,
+            "denoising_strength": 0.5,
+            "alwayson_scripts": {"deepcache": {"args": [args]}},
+        },
+    )
+    assert response.status_code == 200, response.text
+    fields = parse_generation_parameters(response.json()["info"])
+    assert fields["DeepCache"] == "interval 4, depth 2, start 0%, end 100%, non-uniform"
+    assert fields["DeepCache steps"] == "2 full / 4 cached"
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ([True, 0], "interval"),
+        ([True, 3, 12], "depth"),
+        ([True, 3, 0, 0.9, 0.1], "start"),
+        ([True, 3, 0, 0, 1, "cosine"], "schedule"),
+        ([True, 3, 0, 0, 1, "uniform", True, 2, 1, "extra"], "args"),
+        ([{"enabled": True, "intervall": 3}], "intervall"),
+        ([{"enabled": True, "hires": {"depth": -1}}], "hires_depth"),
+        ([None], "enabled"),
+        ("yes", "args"),
+    ],
+)
+def test_api_bad_args_get_422_naming_the_field_and_nothing_runs(api, args, field):
+    client, generations = api
+    response = client.post(
+        "/sdapi/v1/txt2img", json={"steps": 4, "alwayson_scripts": {"DeepCache": {"args": args}}}
+    )
+    assert response.status_code == 422
+    body = response.json()
+    assert body["field"] == field
+    assert field in body["detail"]
+    assert generations == []
+
+
+def test_api_requests_without_deepcache_pass_untouched(api):
+    client, generations = api
+    assert client.post("/sdapi/v1/txt2img", json={"steps": 2}).status_code == 200
+    assert client.post("/sdapi/v1/txt2img", content=b"not json").status_code == 422
+    assert len(generations) == 1
+
+
+def test_api_guard_installs_once():
+    from fastapi import FastAPI
+
+    from lib_deepcache import api_guard
+
+    app = FastAPI()
+    assert api_guard.install(app) is True
+    assert api_guard.install(app) is False

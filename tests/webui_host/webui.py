@@ -35,7 +35,11 @@ def boot():
         finally:
             sys.path.remove(str(basedir))
         for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, scripts.Script) and value is not scripts.Script:
+            if (
+                isinstance(value, type)
+                and issubclass(value, scripts.Script)
+                and value is not scripts.Script
+            ):
                 scripts.scripts_data.append(
                     scripts.ScriptClassData(value, str(path), str(basedir), module)
                 )
@@ -46,9 +50,8 @@ def boot():
 
 
 def runner(is_img2img):
-    from modules import scripts
-
     import gradio as gr
+    from modules import scripts
 
     r = scripts.ScriptRunner()
     r.initialize_scripts(is_img2img)

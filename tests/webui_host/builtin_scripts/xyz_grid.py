@@ -4,8 +4,17 @@ from modules import processing, scripts
 
 
 class AxisOption:
-    def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0,
-                 choices=None, prepare=None):
+    def __init__(
+        self,
+        label,
+        type,
+        apply,
+        format_value=None,
+        confirm=None,
+        cost=0.0,
+        choices=None,
+        prepare=None,
+    ):
         self.label = label
         self.type = type
         self.apply = apply

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from modules import scripts, shared
+from modules import shared
 from modules.sd_samplers_kdiffusion import create_sampler
 
 
@@ -17,13 +17,18 @@ def quote(text):
 
 def create_infotext(p):
     params = {
-        "Steps": p.steps, "Sampler": p.sampler_name, "CFG scale": p.cfg_scale, "Seed": p.seed,
+        "Steps": p.steps,
+        "Sampler": p.sampler_name,
+        "CFG scale": p.cfg_scale,
+        "Seed": p.seed,
         "Size": f"{p.width}x{p.height}",
     }
     if getattr(p, "denoising_strength", None) is not None and not isinstance(p, Txt2Img):
         params["Denoising strength"] = p.denoising_strength
     params.update(p.extra_generation_params)
-    line = ", ".join(k if k == v else f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
+    line = ", ".join(
+        k if k == v else f"{k}: {quote(v)}" for k, v in params.items() if v is not None
+    )
     return f"{p.prompt}\n{line}"
 
 
@@ -37,8 +42,20 @@ class Processed:
 class Processing:
     sampler_name = "Euler"
 
-    def __init__(self, sd_model=None, prompt="", steps=8, seed=0, width=128, height=128,
-                 cfg_scale=7.0, batch_size=1, n_iter=1, s_min_uncond=0.0, **kwargs):
+    def __init__(
+        self,
+        sd_model=None,
+        prompt="",
+        steps=8,
+        seed=0,
+        width=128,
+        height=128,
+        cfg_scale=7.0,
+        batch_size=1,
+        n_iter=1,
+        s_min_uncond=0.0,
+        **kwargs,
+    ):
         self.prompt = prompt
         self.steps = steps
         self.seed = seed
@@ -144,7 +161,11 @@ class Img2Img(Processing):
             self, x=self.init_latent, noise=x, c=conditioning, uc=unconditional_conditioning
         )
         samples = self.sampler.sample_img2img(
-            self, self.init_latent, x, conditioning, unconditional_conditioning,
+            self,
+            self.init_latent,
+            x,
+            conditioning,
+            unconditional_conditioning,
             image_conditioning=self.image_conditioning,
         )
         if self.image_conditioning is not None:
@@ -163,10 +184,10 @@ def process_images_inner(p):
     infotexts, samples_all = [], []
     for n in range(p.n_iter):
         p.iteration = n
-        p.scripts.before_process_batch(p, batch_number=n, prompts=[p.prompt], seeds=[p.seed],
-                                       subseeds=[0])
-        p.scripts.process_batch(p, batch_number=n, prompts=[p.prompt], seeds=[p.seed],
-                                subseeds=[0])
+        p.scripts.before_process_batch(
+            p, batch_number=n, prompts=[p.prompt], seeds=[p.seed], subseeds=[0]
+        )
+        p.scripts.process_batch(p, batch_number=n, prompts=[p.prompt], seeds=[p.seed], subseeds=[0])
         p.setup_conds()
         samples = p.sample(p.c, p.uc)
         p.scripts.postprocess_batch(p, samples, batch_number=n)

@@ -59,8 +59,14 @@ class CFGDenoiser(torch.nn.Module):
         sigma_in = torch.cat([sigma, sigma])
         image_cond_in = None if image_cond is None else torch.cat([image_cond, image_cond])
         params = script_callbacks.CFGDenoiserParams(
-            x_in, image_cond_in, sigma_in, shared.state.sampling_step,
-            shared.state.sampling_steps, cond, uncond, self,
+            x_in,
+            image_cond_in,
+            sigma_in,
+            shared.state.sampling_step,
+            shared.state.sampling_steps,
+            cond,
+            uncond,
+            self,
         )
         script_callbacks.cfg_denoiser_callback(params)
         x_in, sigma_in, image_cond_in = params.x, params.sigma, params.image_cond
@@ -85,12 +91,20 @@ class CFGDenoiser(torch.nn.Module):
             out = self.inner_model(x_in, sigma_in, cond=condition(text, image_cond_in))
         else:
             ic = image_cond_in
-            out = torch.cat([
-                self.inner_model(x_in[:batch], sigma_in[:batch],
-                                 cond=condition(cond, None if ic is None else ic[:batch])),
-                self.inner_model(x_in[batch:], sigma_in[batch:],
-                                 cond=condition(uncond, None if ic is None else ic[batch:])),
-            ])
+            out = torch.cat(
+                [
+                    self.inner_model(
+                        x_in[:batch],
+                        sigma_in[:batch],
+                        cond=condition(cond, None if ic is None else ic[:batch]),
+                    ),
+                    self.inner_model(
+                        x_in[batch:],
+                        sigma_in[batch:],
+                        cond=condition(uncond, None if ic is None else ic[batch:]),
+                    ),
+                ]
+            )
         self.step += 1
         if skip_uncond:
             return out
@@ -117,13 +131,22 @@ class KDiffusionSampler:
         shared.state.sampling_steps = len(sigmas) - 1
         shared.state.sampling_step = 0
         extra = {
-            "cond": c, "uncond": uc, "cond_scale": p.cfg_scale,
-            "s_min_uncond": p.s_min_uncond, "image_cond": image_conditioning,
+            "cond": c,
+            "uncond": uc,
+            "cond_scale": p.cfg_scale,
+            "s_min_uncond": p.s_min_uncond,
+            "image_cond": image_conditioning,
         }
         torch.manual_seed(p.seed + 100)  # SDE samplers draw from the global generator
         with torch.no_grad():
-            return self.func(self.model_wrap_cfg, x, sigmas, extra_args=extra,
-                             callback=self.callback_state, disable=True)
+            return self.func(
+                self.model_wrap_cfg,
+                x,
+                sigmas,
+                extra_args=extra,
+                callback=self.callback_state,
+                disable=True,
+            )
 
     def sample(self, p, x, c, uc, steps=None, image_conditioning=None):
         steps = steps or p.steps

@@ -1,0 +1,153 @@
+"""The accordion in a real browser: gradio 3.41.2 (the WebUI's pin) served on 127.0.0.1 and
+driven by headless Chromium. Saves a screenshot to artifacts/ui-deepcache.png."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+HOST = Path(__file__).resolve().parent / "webui_host"
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+LABELS = [
+    "Enable DeepCache",
+    "Cache interval",
+    "Cache depth",
+    "Cache start",
+    "Cache end",
+    "Refresh schedule",
+    "Cache the hires fix pass",
+    "Hires cache interval",
+    "Hires cache depth",
+]
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),
+    reason="Debian chromium + chromium-driver not installed (tools/setup.sh installs them)",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def page(monkeypatch_module):
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    import gradio as gr
+
+    sys.path.insert(0, str(HOST))
+    from webui import boot
+
+    # The WebUI before 1.7 has no InputAccordion: the enable box is a visible checkbox.
+    monkeypatch_module.setitem(sys.modules, "modules.ui_components", None)
+    boot()
+    from modules import scripts
+
+    script = scripts.scripts_data[-1].script_class()
+    script.is_img2img = False
+    with gr.Blocks(analytics_enabled=False) as demo:
+        script.ui(False)
+    port = free_port()
+    demo.queue().launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True
+    )
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,1400",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def page_errors(driver) -> list[dict]:
+    """Severe console entries, except gradio's fonts and scripts from CDNs (no network here)."""
+    offline = ("fonts.googleapis.com", "cdnjs.cloudflare.com", "ERR_NAME_NOT_RESOLVED")
+    return [
+        entry
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and not any(o in entry["message"] for o in offline)
+    ]
+
+
+def visible_text(driver) -> str:
+    return driver.execute_script(
+        "return document.querySelector('gradio-app').innerText || document.body.innerText"
+    )
+
+
+def test_accordion_opens_shows_labelled_controls_and_enables(page, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page)
+    wait = WebDriverWait(browser, 60)
+    header = wait.until(
+        ec.element_to_be_clickable(
+            (
+                By.XPATH,
+                "//*[@id='script_txt2img_deepcache_accordion']//*[contains(text(), 'DeepCache')]",
+            )
+        )
+    )
+    assert "Cache interval" not in visible_text(browser), "the accordion must start closed"
+    header.click()
+    wait.until(lambda d: "Cache interval" in visible_text(d))
+    text = visible_text(browser)
+    for label in LABELS:
+        assert label in text, label
+    checkbox = browser.find_element(By.CSS_SELECTOR, "#script_txt2img_deepcache_enabled input")
+    assert not checkbox.is_selected()
+    checkbox.click()
+    wait.until(lambda d: checkbox.is_selected())
+    for label in LABELS:
+        assert label in visible_text(browser), label
+    assert page_errors(browser) == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "ui-deepcache.png"))
+
+
+def test_hover_hints_cover_every_label(page, browser):
+    browser.get(page)
+    script = (ROOT / "javascript" / "deepcache_hints.js").read_text()
+    hints = browser.execute_script("var titles = {};\n" + script + "\nreturn titles;")
+    for label in ["DeepCache", *LABELS]:
+        assert hints.get(label), label
