@@ -206,6 +206,8 @@ class DeepCacheScript(scripts.Script):
             parsed = ScriptArgs.defaults()
         p.deepcache_args = parsed
         p.extra_generation_params.update(parsed.infotext(bool(getattr(p, "enable_hr", False))))
+        if parsed.enabled:
+            _unhook_on_close(p)
 
     def before_process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
         global _run
@@ -242,6 +244,20 @@ class DeepCacheScript(scripts.Script):
             _close_run()
             p.extra_generation_params[ERROR_KEY] = f"unsupported model ({error})"
             logger.warning("DeepCache: %s; generating without DeepCache", error)
+
+
+def _unhook_on_close(p: Any) -> None:
+    """The WebUI closes ``p`` in a ``finally`` even when sampling raised (out of memory, say),
+    while ``postprocess`` only runs on success: unhook there too."""
+    host_close = getattr(p, "close", None)
+    if host_close is None:
+        return
+
+    def close() -> None:
+        _close_run()
+        host_close()
+
+    p.close = close
 
 
 def _accordion(elem_id: Any) -> Any:

@@ -269,6 +269,29 @@ def test_a_generation_that_crashed_does_not_leave_the_unet_hooked(host):
     assert_same_fingerprint(before, unet_fingerprint(unet))
 
 
+def test_an_error_mid_sampling_unhooks_when_the_host_closes_p(host):
+    """The WebUI runs ``with closing(p): process_images(p)``; close() must unhook at once."""
+    from contextlib import closing
+
+    unet = host["base"].model.diffusion_model
+    before = unet_fingerprint(unet)
+    p = processing.Txt2Img(steps=9)
+    p.scripts = host["txt2img"]
+    p.script_args = script_args(host["txt2img"], ON)
+    hooked_during_sampling = []
+
+    def sample_then_fail(conditioning, unconditional_conditioning):
+        processing.Txt2Img.sample(p, conditioning, unconditional_conditioning)
+        hooked_during_sampling.append(unet_fingerprint(unet)["forwards"] != before["forwards"])
+        raise RuntimeError("CUDA out of memory")
+
+    p.sample = sample_then_fail
+    with pytest.raises(RuntimeError), closing(p):
+        processing.process_images(p)
+    assert hooked_during_sampling == [True]
+    assert_same_fingerprint(before, unet_fingerprint(unet))
+
+
 # ----------------------------------------------------------------------------- API
 @pytest.fixture
 def api(host):

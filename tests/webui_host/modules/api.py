@@ -1,5 +1,7 @@
 """The /sdapi/v1/txt2img and img2img routes: request -> processing object -> images."""
 
+from contextlib import closing
+
 from fastapi import FastAPI, HTTPException
 
 from modules import processing
@@ -20,7 +22,8 @@ def create_api(app: FastAPI, runners, init_script_args):
         p.is_api = True
         p.scripts = runner
         p.script_args = init_script_args(runner, request.get("alwayson_scripts"))
-        processed = processing.process_images(p)
+        with closing(p):
+            processed = processing.process_images(p)
         generations.append(p)
         return {"info": processed.info}
 

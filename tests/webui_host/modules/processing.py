@@ -99,6 +99,10 @@ class Processing:
     def init(self):
         pass
 
+    def close(self):
+        self.sampler = None
+        self.c = self.uc = None
+
 
 class Txt2Img(Processing):
     enable_hr = False

@@ -1,0 +1,67 @@
+"""One generation: a fresh session per pass, the hooks following a model swap, clean close."""
+
+from __future__ import annotations
+
+import torch
+
+from lib_deepcache.archs import build_unet, unet_config
+from lib_deepcache.generation import GenerationRun, PassPlan
+from lib_deepcache.params import DeepCacheParams
+from tests.support import assert_same_fingerprint, unet_fingerprint
+
+ON = DeepCacheParams(enabled=True, interval=2)
+CONTEXT = unet_config("sd15", 32)["context_dim"]
+
+
+def call(unet, t, batch=2, size=16):
+    x = torch.randn(batch, 4, size, size)
+    with torch.no_grad():
+        unet(x, torch.full((batch,), float(t)), context=torch.randn(batch, 77, CONTEXT))
+
+
+def test_each_pass_gets_a_fresh_session_and_cache():
+    unet = build_unet("sd15", width=32)
+    run = GenerationRun()
+    run.begin_pass(unet, PassPlan("first pass", ON, 4))
+    first = run.session
+    for t in (999, 750, 500, 250):
+        call(unet, t)
+    assert first.stats.cached_passes == 2
+    run.begin_pass(unet, PassPlan("hires", ON, 2))
+    assert run.session is not first and not first.active
+    assert run.session.cached_tensors == []
+    for t in (500, 250):
+        call(unet, t, size=24)
+    run.close()
+    assert run.counts_infotext() == "first pass 2 full / 2 cached; hires 1 full / 1 cached"
+
+
+def test_disabled_pass_installs_nothing():
+    unet = build_unet("sd15", width=32)
+    before = unet_fingerprint(unet)
+    run = GenerationRun()
+    run.begin_pass(unet, PassPlan("first pass", DeepCacheParams(), 4))
+    assert run.session is None
+    assert_same_fingerprint(before, unet_fingerprint(unet))
+    assert run.counts_infotext() == ""
+
+
+def test_model_swap_moves_the_hooks_and_restores_the_old_unet():
+    base, refiner = build_unet("sd15", width=32, seed=1), build_unet("sd15", width=32, seed=2)
+    before = unet_fingerprint(base)
+    grid = [999.0, 750.0, 500.0, 250.0]
+    run = GenerationRun()
+    run.begin_pass(base, PassPlan("first pass", ON, 4, grid))
+    call(base, 999)
+    run.follow_unet(base)  # same model: nothing happens
+    run.follow_unet(refiner)
+    assert_same_fingerprint(before, unet_fingerprint(base))
+    assert run.session.unet is refiner
+    for t in (750, 500, 250):
+        call(refiner, t)
+    run.close()
+    run.close()
+    assert run.counts_infotext() == "2 full / 2 cached"
+    moved = run.passes[0].stats[1]
+    assert moved.miss_passes == 1  # step 1 (cached) found no feature on the new UNet: ran fully
+    assert moved.cached_passes == 1  # step 3 used the new UNet's own step-2 feature
