@@ -108,7 +108,9 @@ def build_unet(
         unet = UNetModel(**config)
     if torch.device(device).type != "meta":
         _reseed_zero_init(unet, seed)
-    return unet.to(dtype).eval().requires_grad_(False)
+    unet = unet.to(dtype).eval().requires_grad_(False)
+    unet.dtype = dtype  # ldm casts its input to this; the WebUI sets it for half precision too
+    return unet
 
 
 def _reseed_zero_init(unet: torch.nn.Module, seed: int) -> None:

@@ -1,130 +1,316 @@
-"""``python -m lib_deepcache.bench``: sample with and without DeepCache and compare.
+"""``python -m lib_deepcache.bench``: DeepCache's speed against its FLOP limit, and its fidelity.
 
-A seeded UNet in the full SD1.5 architecture (random weights: no weights can be downloaded
-here) is sampled by a real k-diffusion sampler with classifier-free guidance (UNet batch 2),
-once uncached and once cached, alternating so that drift of the machine hits both alike. The
-report gives the full/cached step counts, the median wall time of each, the measured speedup and
-the UNet FLOP ratio computed from the counted shallow-path share. The FLOP ratio is not a hard
-wall-time ceiling, since time per block is not proportional to FLOPs: on a 2-core CPU the
-measured speedup has come out above it.
+For each (interval N, depth b, schedule) of a grid, on the full SD1.5 UNet architecture (seeded
+weights; ``--checkpoint`` loads a real one) sampled by a real k-diffusion sampler with CFG batch 2:
+
+* FLOP speedup: exact, from ``torch.utils.flop_counter`` on a ``meta`` twin, for the step counts
+  the session really ran; limit ``S(N, b) = N / (1 + (N - 1) f_b)``;
+* measured UNet wall-time speedup: time spent inside UNet calls, uncached runs bracketing the
+  cached ones in each repeat, medians over repeats; efficiency = measured / FLOP speedup;
+* peak memory held by the cache, and the full/cached step counts;
+* with ``--quality``: PSNR, SSIM and relative L2 of each configuration's samples against the
+  uncached samples (same seeds, same sampler) on the trained fixture, and a PNG grid.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from . import schedule
 from .archs import ARCHS, sdpa_attention
-from .flops import count_block_flops
+from .flops import count_block_flops, speed_limit
 from .harness import SAMPLERS, make_rig
 from .params import DeepCacheParams
 from .session import DeepCacheSession
 from .unet_ldm import LdmLayout
 
-logger = logging.getLogger("deepcache")
+DEFAULT_GRID = [(n, b, "uniform") for n in (2, 3, 5) for b in (0, 1, 2)] + [(5, 0, "non-uniform")]
+QUICK_GRID = [(3, 0, "uniform"), (5, 1, "non-uniform")]
+QUALITY_SEEDS = list(range(16))
 
 
-@dataclass(frozen=True)
-class BenchResult:
-    full_steps: int
-    cached_steps: int
-    seconds_off: float
-    seconds_on: float
-    shallow_share: float
+@dataclass
+class Row:
+    interval: int
+    depth: int
+    schedule: str
+    full_steps: int = 0
+    cached_steps: int = 0
+    shallow_share: float = 0.0
+    flop_speedup: float = 0.0
+    limit: float = 0.0
+    unet_seconds_off: float = 0.0
+    unet_seconds_on: float = 0.0
+    measured_speedup: float = 0.0
+    efficiency: float = 0.0
+    cache_peak_mb: float = 0.0
+    psnr: float | None = None
+    ssim: float | None = None
+    rel_l2: float | None = None
 
     @property
-    def speedup(self) -> float:
-        return self.seconds_off / self.seconds_on
+    def label(self) -> str:
+        return f"N={self.interval} b={self.depth} {self.schedule}"
 
-    @property
-    def flop_speedup(self) -> float:
-        """Exact UNet FLOP ratio, uncached over cached, for these step counts."""
-        total = self.full_steps + self.cached_steps
-        return total / (self.full_steps + self.cached_steps * self.shallow_share)
+
+@dataclass
+class Report:
+    settings: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        rows = [{**asdict(r), "label": r.label} for r in self.rows]
+        return json.dumps({"settings": self.settings, "rows": rows}, indent=2)
+
+    def to_markdown(self) -> str:
+        quality = any(r.psnr is not None for r in self.rows)
+        head = [
+            "config",
+            "full/cached",
+            "f_b",
+            "FLOP speedup",
+            "limit S",
+            "UNet s off",
+            "UNet s on",
+            "measured",
+            "efficiency",
+            "cache MB",
+        ]
+        if quality:
+            head += ["PSNR dB", "SSIM", "rel L2"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            cells = [
+                r.label,
+                f"{r.full_steps}/{r.cached_steps}",
+                f"{r.shallow_share:.2%}",
+                f"{r.flop_speedup:.2f}x",
+                f"{r.limit:.2f}x",
+                f"{r.unet_seconds_off:.2f}",
+                f"{r.unet_seconds_on:.2f}",
+                f"{r.measured_speedup:.2f}x",
+                f"{r.efficiency:.2f}",
+                f"{r.cache_peak_mb:.1f}",
+            ]
+            if quality:
+                cells += [_fmt(r.psnr, ".2f"), _fmt(r.ssim, ".4f"), _fmt(r.rel_l2, ".4f")]
+            lines.append("| " + " | ".join(cells) + " |")
+        settings = ", ".join(f"{k} {v}" for k, v in self.settings.items())
+        return f"{settings}\n\n" + "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class UnetTimer:
+    """Wall time spent inside the UNet's calls (synchronised on CUDA) and the cache's peak."""
+
+    def __init__(self, unet: torch.nn.Module, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+        self.session: DeepCacheSession | None = None
+        self.peak_bytes = 0
+        self._start = 0.0
+        self._handles = [
+            unet.register_forward_pre_hook(self._before),
+            unet.register_forward_hook(self._after),
+        ]
+
+    def reset(self, session: DeepCacheSession) -> None:
+        self.seconds, self.peak_bytes, self.session = 0.0, 0, session
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _before(self, module: torch.nn.Module, args: Any) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def _after(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self._sync()
+        self.seconds += time.perf_counter() - self._start
+        if self.session is not None:
+            self.peak_bytes = max(self.peak_bytes, self.session.cache_nbytes)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def parse_grid(text: str) -> list[tuple[int, int, str]]:
+    """``"3x0,5x1n"``: interval x depth, a trailing ``n`` for the non-uniform schedule."""
+    grid = []
+    for item in text.split(","):
+        item = item.strip()
+        schedule = "non-uniform" if item.endswith("n") else "uniform"
+        interval, depth = item.rstrip("n").split("x")
+        DeepCacheParams(enabled=True, interval=int(interval), depth=int(depth))
+        grid.append((int(interval), int(depth), schedule))
+    return grid
+
+
+def load_checkpoint(unet: torch.nn.Module, path: Path) -> None:
+    """Load a WebUI checkpoint's UNet (keys under ``model.diffusion_model.``)."""
+    from safetensors.torch import load_file
+
+    prefix = "model.diffusion_model."
+    state = {k[len(prefix) :]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"{path} has no keys under {prefix!r}: not a WebUI checkpoint")
+    result = unet.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path} does not fit this --arch UNet: {len(result.missing_keys)} missing, "
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. "
+            f"{(result.missing_keys or result.unexpected_keys)[0]})"
+        )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lib_deepcache.bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m lib_deepcache.bench", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--arch", choices=sorted(ARCHS), default="sd15")
     parser.add_argument("--width", type=int, default=None, help="model channels (default: real)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="euler")
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--size", type=int, default=32, help="latent side (pixels / 8)")
-    parser.add_argument("--interval", type=int, default=3)
-    parser.add_argument("--depth", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per setting")
+    parser.add_argument("--steps", type=int, default=30, help="30: divisible by N = 2, 3, 5")
+    parser.add_argument("--size", type=int, default=16, help="latent side (pixels / 8)")
+    parser.add_argument("--grid", type=parse_grid, default=None, help='e.g. "3x0,5x1n"')
+    parser.add_argument("--repeats", type=int, default=1, help="timed repeats per setting")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="WebUI .safetensors")
+    parser.add_argument("--quality", action="store_true", help="fidelity on the trained fixture")
+    parser.add_argument("--quick", action="store_true", help="tiny model, 2 configs (CI)")
+    parser.add_argument("--json", type=Path, default=None, help="write the report as JSON")
+    parser.add_argument("--markdown", type=Path, default=None, help="write a markdown table")
+    parser.add_argument("--png", type=Path, default=Path("artifacts/bench-quality.png"))
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.width = args.width or 32
+        args.steps = 6 if args.steps == 30 else args.steps
+        args.grid = args.grid or QUICK_GRID
+    args.grid = args.grid or DEFAULT_GRID
+    return args
 
 
-def run(args: argparse.Namespace) -> BenchResult:
-    params = DeepCacheParams(enabled=True, interval=args.interval, depth=args.depth)
-    print(f"building {args.arch} UNet (seeded weights) ...", flush=True)
+def run(args: argparse.Namespace) -> Report:
+    from tqdm import tqdm
+
+    device = torch.device(args.device)
     rig = make_rig(args.arch, width=args.width, seed=args.seed, size=args.size)
+    if args.checkpoint is not None:
+        load_checkpoint(rig.unet, args.checkpoint)
+    rig.model.to(device)
+    rig.denoiser.to(device)
     sigmas = rig.sigmas(args.steps)
     grid = rig.timestep_grid(sigmas)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    stats = None
-    with sdpa_attention():
-        rig.sample(args.sampler, 1, batch=1, size=args.size)  # warm-up: allocator, kernels
-        for repeat in range(args.repeats):
-            for enabled in (False, True):
-                session = DeepCacheSession(
-                    rig.unet, params if enabled else DeepCacheParams(), args.steps, grid
-                )
-                start = time.perf_counter()
-                with session:
-                    rig.sample(args.sampler, args.steps, batch=1, size=args.size, sigmas=sigmas)
-                times[enabled].append(time.perf_counter() - start)
-                label = "DeepCache" if enabled else "uncached "
-                print(f"  run {repeat + 1}/{args.repeats} {label} {times[enabled][-1]:7.2f} s")
-                if enabled:
-                    stats = session.stats
-    if stats is None:
-        raise RuntimeError("no cached run was made")
+    counted = count_block_flops(rig.unet, (2, 4, args.size, args.size), (2, 77, rig.context_dim))
     layout = LdmLayout.of(rig.unet)
-    context_shape = (2, 77, rig.context_dim)
-    counted = count_block_flops(rig.unet, (2, 4, args.size, args.size), context_shape)
-    return BenchResult(
-        full_steps=stats.full_steps,
-        cached_steps=stats.cached_steps,
-        seconds_off=statistics.median(times[False]),
-        seconds_on=statistics.median(times[True]),
-        shallow_share=counted.shallow_share(stats.depth, layout),
+    report = Report(
+        settings={
+            "arch": args.arch,
+            "width": args.width or "full",
+            "device": args.device,
+            "sampler": args.sampler,
+            "steps": args.steps,
+            "latent": f"{args.size}x{args.size}",
+            "CFG batch": 2,
+            "repeats": args.repeats,
+            "checkpoint": str(args.checkpoint) if args.checkpoint else "seeded weights",
+        }
+    )
+    rows = [Row(n, b, s) for n, b, s in args.grid]
+    off_times: list[float] = []
+    on_times: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+    timer = UnetTimer(rig.unet, device)
+    progress = tqdm(total=args.repeats * (len(rows) + 2), desc="bench", unit="run")
+
+    def sample(params: DeepCacheParams) -> DeepCacheSession:
+        session = DeepCacheSession(rig.unet, params, args.steps, grid)
+        timer.reset(session)
+        with session:
+            rig.sample(
+                args.sampler, args.steps, batch=1, size=args.size, sigmas=sigmas, device=device
+            )
+        progress.update()
+        return session
+
+    try:
+        with sdpa_attention():
+            rig.sample(args.sampler, 2, batch=1, size=args.size, device=device)  # warm-up
+            for _ in range(args.repeats):
+                sample(DeepCacheParams())
+                bracket = timer.seconds
+                for i, row in enumerate(rows):
+                    params = DeepCacheParams(True, row.interval, row.depth, schedule=row.schedule)
+                    stats = sample(params).stats
+                    on_times[i].append(timer.seconds)
+                    row.full_steps, row.cached_steps = stats.full_steps, stats.cached_steps
+                    row.cache_peak_mb = max(row.cache_peak_mb, timer.peak_bytes / 2**20)
+                sample(DeepCacheParams())
+                off_times.append((bracket + timer.seconds) / 2)
+    finally:
+        timer.remove()
+        progress.close()
+    off = statistics.median(off_times)
+    for i, row in enumerate(rows):
+        row.shallow_share = counted.shallow_share(min(row.depth, layout.num_blocks - 1), layout)
+        total = row.full_steps + row.cached_steps
+        row.flop_speedup = total / (row.full_steps + row.cached_steps * row.shallow_share)
+        row.limit = speed_limit(row.interval, row.shallow_share)
+        row.unet_seconds_off = off
+        row.unet_seconds_on = statistics.median(on_times[i])
+        row.measured_speedup = off / row.unet_seconds_on
+        row.efficiency = row.measured_speedup / row.flop_speedup
+    report.rows = rows
+    if args.quality:
+        add_quality(report, args)
+    return report
+
+
+def add_quality(report: Report, args: argparse.Namespace) -> None:
+    from .fidelity import FixtureSampler, compare, save_grid
+
+    sampler = FixtureSampler()
+    reference = sampler.sample(QUALITY_SEEDS, args.steps, args.sampler)
+    images = [("uncached", reference)]
+    for row in report.rows:
+        params = DeepCacheParams(True, row.interval, row.depth, schedule=row.schedule)
+        samples = sampler.sample(QUALITY_SEEDS, args.steps, args.sampler, params)
+        fidelity = compare(reference, samples)
+        row.psnr, row.ssim, row.rel_l2 = fidelity.psnr, fidelity.ssim, fidelity.rel_l2
+        images.append((row.label, samples))
+    save_grid(images, args.png)
+    report.settings["quality"] = (
+        f"trained fixture, {len(QUALITY_SEEDS)} seeds, {args.sampler}, {args.steps} steps"
     )
 
 
-def main(argv: Sequence[str] | None = None) -> BenchResult:
+def main(argv: Sequence[str] | None = None) -> Report:
     args = parse_args(argv)
     torch.set_grad_enabled(False)
-    result = run(args)
-    expected = len(
-        schedule.full_steps(DeepCacheParams(True, args.interval, args.depth), args.steps)
-    )
-    print()
-    print(
-        f"{args.arch}, {args.sampler}, {args.steps} steps, latent {args.size}x{args.size}, "
-        f"CFG batch 2, interval {args.interval}, depth {args.depth}, device cpu"
-    )
-    print(
-        f"full / cached steps     : {result.full_steps} / {result.cached_steps}"
-        f" (schedule: {expected} full)"
-    )
-    print(f"uncached time (median)  : {result.seconds_off:.2f} s")
-    print(f"DeepCache time (median) : {result.seconds_on:.2f} s")
-    print(f"measured speedup        : {result.speedup:.2f}x")
-    print(
-        f"UNet FLOP ratio         : {result.flop_speedup:.2f}x"
-        f"  (shallow share f = {result.shallow_share:.2%})"
-    )
-    return result
+    report = run(args)
+    print(report.to_markdown())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(report.to_json())
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(report.to_markdown())
+    if args.quality:
+        print(f"sample grid: {args.png}")
+    return report
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class CacheEntry:
 
     key: CacheKey
     feature: torch.Tensor
+    step: int
     skipped_shapes: dict[tuple[str, int], torch.Size] = field(default_factory=dict)
 
     @property
@@ -44,9 +45,13 @@ class FeatureCache:
     def __init__(self) -> None:
         self._entries: dict[int, CacheEntry] = {}
 
-    def get(self, slot: int, key: CacheKey) -> CacheEntry | None:
+    def get(self, slot: int, key: CacheKey, stored_since: int) -> CacheEntry | None:
+        """The slot's entry if it matches ``key`` and was stored at step ``stored_since`` or
+        later (the last full step), so a slot that skipped a refresh never serves a stale one."""
         entry = self._entries.get(slot)
-        return entry if entry is not None and entry.key == key else None
+        if entry is None or entry.key != key or entry.step < stored_since:
+            return None
+        return entry
 
     def put(self, slot: int, entry: CacheEntry) -> bool:
         """Store, replacing the slot's previous entry; False when the slot is past the bound."""

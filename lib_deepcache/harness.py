@@ -113,12 +113,15 @@ class Rig:
         size: int = 16,
         seed: int = 0,
         sigmas: torch.Tensor | None = None,
+        device: torch.device | str = "cpu",
         **cfg: object,
     ) -> tuple[torch.Tensor, CFGDenoiser]:
-        sigmas = self.sigmas(steps) if sigmas is None else sigmas
+        """Seeded on the CPU, run on ``device`` (where the model must already be)."""
+        sigmas = (self.sigmas(steps) if sigmas is None else sigmas).to(device)
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(batch, 4, size, size, generator=g) * sigmas[0]
-        guide = CFGDenoiser(self.denoiser, self.text(batch, seed + 1), self.text(batch, seed + 2))
+        x = (torch.randn(batch, 4, size, size, generator=g) * sigmas[0].cpu()).to(device)
+        cond, uncond = self.text(batch, seed + 1), self.text(batch, seed + 2)
+        guide = CFGDenoiser(self.denoiser, cond.to(device), uncond.to(device))
         for name, value in cfg.items():
             setattr(guide, name, value)
         torch.manual_seed(seed + 3)  # the SDE samplers draw their noise from the global RNG

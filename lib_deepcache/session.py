@@ -134,6 +134,7 @@ class DeepCacheSession:
         self._announced = False
         self._step_is_full = True
         self._step = -1
+        self._last_full_step = 0
         self._slot = 0
         self._pass: _Pass | None = None
         self._last_cached = schedule.last_cached_step(params, total_steps)
@@ -251,6 +252,7 @@ class DeepCacheSession:
                 )
         self._step_is_full = schedule.is_full_step(self.params, tick.step, self.total_steps)
         if self._step_is_full:
+            self._last_full_step = tick.step
             self.stats.full_steps += 1
         else:
             self.stats.cached_steps += 1
@@ -265,7 +267,7 @@ class DeepCacheSession:
         if self._step_is_full:
             self.stats.full_passes += 1
             return _Pass(_Mode.FULL, slot, key, store=store)
-        entry = self._cache.get(slot, key)
+        entry = self._cache.get(slot, key, stored_since=self._last_full_step)
         if entry is None:
             self.stats.miss_passes += 1
             return _Pass(_Mode.FULL, slot, key, store=store)
@@ -328,7 +330,7 @@ class DeepCacheSession:
 
     def _store(self, p: _Pass, z: torch.Tensor) -> None:
         feature = z[:, : z.shape[1] - p.skip_channels].detach().clone()
-        self._cache.put(p.slot, CacheEntry(p.key, feature, dict(p.skipped_shapes)))
+        self._cache.put(p.slot, CacheEntry(p.key, feature, self._step, dict(p.skipped_shapes)))
 
     # ----------------------------------------------------------------- statistics
     def measure_flops(self) -> DeepCacheStats:

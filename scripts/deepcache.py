@@ -24,6 +24,7 @@ from lib_deepcache.script_args import (
     INFOTEXT_STEPS_KEY,
     ScriptArgs,
 )
+from lib_deepcache.session import SessionConflictError
 from lib_deepcache.unet_ldm import UnsupportedUNetError
 
 logger = logging.getLogger("deepcache")
@@ -240,6 +241,12 @@ class DeepCacheScript(scripts.Script):
             return
         try:
             run.begin_pass(_current_unet(), _pass_plan(p, p.deepcache_args))
+        except SessionConflictError:
+            _close_run()
+            p.extra_generation_params[ERROR_KEY] = "another DeepCache copy is already active"
+            logger.warning(
+                "DeepCache: another copy of the extension hooks this UNet; this one stays off"
+            )
         except UnsupportedUNetError as error:
             _close_run()
             p.extra_generation_params[ERROR_KEY] = f"unsupported model ({error})"

@@ -41,7 +41,8 @@ def reference_pass(
     res = residuals or {}
     n = len(unet.input_blocks)
     boundary = n - 1 - depth
-    emb = unet.time_embed(timestep_embedding(t, unet.model_channels, repeat_only=False))
+    t_emb = timestep_embedding(t, unet.model_channels, repeat_only=False)
+    emb = unet.time_embed(t_emb.to(unet.time_embed[0].weight.dtype))
     h = x.type(unet.dtype)
     hs = []
     last_input = n - 1 if feature is None else depth

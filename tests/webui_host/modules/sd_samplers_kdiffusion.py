@@ -35,6 +35,10 @@ def apply_refiner(denoiser, sigma):
     denoiser.update_inner_model()
 
 
+class InterruptedException(BaseException):
+    """Raised inside sampling when the user presses Interrupt or Skip."""
+
+
 class CFGDenoiser(torch.nn.Module):
     def __init__(self, sampler):
         super().__init__()
@@ -53,6 +57,8 @@ class CFGDenoiser(torch.nn.Module):
         self.model_wrap = None
 
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
+        if shared.state.interrupted or shared.state.skipped:
+            raise InterruptedException
         apply_refiner(self, sigma)
         batch = x.shape[0]
         x_in = torch.cat([x, x])
@@ -124,6 +130,7 @@ class KDiffusionSampler:
 
     def callback_state(self, d):
         shared.state.sampling_step = d["i"]
+        self.last_latent = d["denoised"]
 
     def launch(self, p, x, sigmas, c, uc, image_conditioning):
         self.model_wrap_cfg.p = p
@@ -138,15 +145,19 @@ class KDiffusionSampler:
             "image_cond": image_conditioning,
         }
         torch.manual_seed(p.seed + 100)  # SDE samplers draw from the global generator
-        with torch.no_grad():
-            return self.func(
-                self.model_wrap_cfg,
-                x,
-                sigmas,
-                extra_args=extra,
-                callback=self.callback_state,
-                disable=True,
-            )
+        self.last_latent = x
+        try:
+            with torch.no_grad():
+                return self.func(
+                    self.model_wrap_cfg,
+                    x,
+                    sigmas,
+                    extra_args=extra,
+                    callback=self.callback_state,
+                    disable=True,
+                )
+        except InterruptedException:
+            return self.last_latent
 
     def sample(self, p, x, c, uc, steps=None, image_conditioning=None):
         steps = steps or p.steps
