@@ -11,7 +11,9 @@
         "Cache depth": "Skip branch where the cheap path stops. 0 = shallowest and fastest; higher keeps more blocks live: slower, closer to the uncached image. Clamped to 8 on SDXL.",
         "Cache start": "Fraction of the executed steps before which every step runs the full UNet (protects the composition).",
         "Cache end": "Fraction of the executed steps after which every step runs the full UNet (protects fine detail).",
-        "Refresh schedule": "uniform: refresh every interval steps. non-uniform: the paper's schedule, refreshes denser around 30% of the window, same count.",
+        "Refresh schedule": "uniform: refresh every interval steps. non-uniform: the paper's schedule, refreshes denser around 30% of the window, same count. adaptive: refresh when the shallow features say the deep ones are stale.",
+        "Adaptive threshold": "adaptive schedule only: refresh once the accumulated relative change of the shallow skip feature since the last refresh reaches this. Lower = more refreshes, closer to uncached.",
+        "Max cached steps": "adaptive schedule only: never more than this many cached steps in a row.",
         "Cache the hires fix pass": "Also cache the hires fix pass, with its own interval and depth.",
         "Hires cache interval": "Steps per full refresh in the hires fix pass.",
         "Hires cache depth": "Skip branch in the hires fix pass (0 = fastest)."

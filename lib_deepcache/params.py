@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-SCHEDULES = ("uniform", "non-uniform")
+SCHEDULES = ("uniform", "non-uniform", "adaptive")
 MAX_INTERVAL = 1000
 # The deepest skip branch of any supported UNet (SD1.x/2.x: 12 input blocks, branches 0..11).
 # SDXL has 9 input blocks; the session clamps to the UNet it hooks (see ``effective_depth``).
@@ -80,6 +80,22 @@ def _as_fraction(field: str, value: Any) -> float:
     return number
 
 
+def _as_threshold(field: str, value: Any) -> float:
+    allowed = "a number >= 0 (inf: refresh only after max_cached steps)"
+    number: Any = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise DeepCacheParamError(field, value, allowed) from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise DeepCacheParamError(field, value, allowed)
+    number = float(number)
+    if math.isnan(number) or number < 0:
+        raise DeepCacheParamError(field, value, allowed)
+    return number
+
+
 def _as_schedule(field: str, value: Any) -> str:
     allowed = " or ".join(SCHEDULES)
     if not isinstance(value, str):
@@ -100,6 +116,9 @@ class DeepCacheParams:
     ``depth`` is the paper's skip branch: 0 keeps only the outermost block pair (fastest).
     ``start``/``end`` bound, as fractions of the steps actually executed in a pass, the window in
     which cached steps may happen; outside it every step is full.
+    ``threshold``/``max_cached`` drive the ``adaptive`` schedule: a step is cached while the
+    accumulated relative L1 change of the depth-``d`` skip feature since the last refresh stays
+    below ``threshold``, and at most ``max_cached`` steps in a row.
     """
 
     enabled: bool = False
@@ -108,6 +127,8 @@ class DeepCacheParams:
     start: float = 0.0
     end: float = 1.0
     schedule: str = "uniform"
+    threshold: float = 0.15
+    max_cached: int = 4
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -117,6 +138,8 @@ class DeepCacheParams:
         set_(self, "start", _as_fraction("start", self.start))
         set_(self, "end", _as_fraction("end", self.end))
         set_(self, "schedule", _as_schedule("schedule", self.schedule))
+        set_(self, "threshold", _as_threshold("threshold", self.threshold))
+        set_(self, "max_cached", _as_int("max_cached", self.max_cached, 1, MAX_INTERVAL))
         if self.start >= self.end:
             raise DeepCacheParamError("start", self.start, f"a fraction below end ({self.end:g})")
 
@@ -165,10 +188,13 @@ class DeepCacheParams:
 
     def to_infotext(self) -> str:
         """The human-readable value written under the ``DeepCache`` infotext key."""
-        return (
+        text = (
             f"interval {self.interval}, depth {self.depth}, start {_percent(self.start)}, "
             f"end {_percent(self.end)}, {self.schedule}"
         )
+        if self.schedule == "adaptive":
+            text += f", threshold {self.threshold:g}, max cached {self.max_cached}"
+        return text
 
     @classmethod
     def from_infotext(cls, text: str) -> DeepCacheParams:
@@ -179,9 +205,12 @@ class DeepCacheParams:
         for part in (p.strip() for p in text.strip().strip('"').split(",")):
             if not part:
                 continue
+            if part.lower().startswith("max cached "):
+                values["max_cached"] = part[len("max cached ") :].strip()
+                continue
             key, _, raw = part.partition(" ")
             key = key.lower()
-            if key in ("interval", "depth"):
+            if key in ("interval", "depth", "threshold"):
                 values[key] = raw.strip()
             elif key in ("start", "end"):
                 raw = raw.strip()

@@ -54,18 +54,27 @@ def _non_uniform_refreshes(length: int, interval: int) -> frozenset[int]:
 
 
 def is_full_step(params: DeepCacheParams, step: int, total_steps: int) -> bool:
-    """True when ``step`` (0-based, of ``total_steps`` executed) must run the whole UNet."""
+    """True when ``step`` (0-based, of ``total_steps`` executed) must run the whole UNet.
+
+    For the ``adaptive`` schedule this is only the forced part (step 0, outside the window);
+    inside the window the session decides from the features (``may_cache`` is True there).
+    """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    if params.interval == 1 or step >= total_steps:
+    if params.schedule == "adaptive":
+        return not may_cache(params, step, total_steps)
+    if params.interval == 1 or not may_cache(params, step, total_steps):
         return True
     span = window(params, total_steps)
-    if step == 0 or step not in span:
-        return True
     offset = step - span.start
     if params.schedule == "uniform":
         return offset % params.interval == 0
     return offset in _non_uniform_refreshes(len(span), params.interval)
+
+
+def may_cache(params: DeepCacheParams, step: int, total_steps: int) -> bool:
+    """Whether the step lies where caching is allowed at all (never step 0)."""
+    return 0 < step < total_steps and step in window(params, total_steps)
 
 
 def full_steps(params: DeepCacheParams, total_steps: int) -> list[int]:
@@ -75,6 +84,8 @@ def full_steps(params: DeepCacheParams, total_steps: int) -> list[int]:
 
 def last_cached_step(params: DeepCacheParams, total_steps: int) -> int:
     """Index of the last cached step, or -1: after it no feature needs to be stored."""
+    if params.schedule == "adaptive" and params.threshold == 0:
+        return -1
     for step in range(total_steps - 1, -1, -1):
         if not is_full_step(params, step, total_steps):
             return step

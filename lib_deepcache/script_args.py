@@ -1,7 +1,8 @@
 """What the WebUI extension receives: the first-pass parameters and the hires-fix pass's own.
 
 The UI controls, the API's positional ``args`` and the API's single-object form all map to
-:class:`ScriptArgs`. The hires pass shares the first pass's window and schedule but has its own
+:class:`ScriptArgs`. The hires pass shares the first pass's window and schedule (with the
+adaptive schedule's threshold and max cached steps) but has its own
 switch, interval and depth, because its few steps on an upscaled latent tolerate different
 caching. Infotext keys and X/Y/Z overrides are defined here too, so that the host adapter only
 moves values around.
@@ -26,6 +27,8 @@ ARG_NAMES = (
     "hires_enabled",
     "hires_interval",
     "hires_depth",
+    "threshold",
+    "max_cached",
 )
 HIRES_KEYS = {"hires_enabled": "enabled", "hires_interval": "interval", "hires_depth": "depth"}
 
@@ -102,6 +105,8 @@ class ScriptArgs:
                 start=first.start,
                 end=first.end,
                 schedule=first.schedule,
+                threshold=first.threshold,
+                max_cached=first.max_cached,
             )
         except DeepCacheParamError as error:
             raise DeepCacheParamError(f"hires_{error.field}", error.value, error.allowed) from None
@@ -159,4 +164,7 @@ class ScriptArgs:
         else:
             parsed = DeepCacheParams.from_infotext(str(hires_text))
             hires = DeepCacheParams(enabled=True, interval=parsed.interval, depth=parsed.depth)
-        return cls(first, replace(hires, start=first.start, end=first.end, schedule=first.schedule))
+        shared = {
+            k: getattr(first, k) for k in ("start", "end", "schedule", "threshold", "max_cached")
+        }
+        return cls(first, replace(hires, **shared))

@@ -47,6 +47,8 @@ class SessionConflictError(RuntimeError):
 class _Mode(Enum):
     FULL = "full"
     CACHED = "cached"
+    # adaptive: runs like a cached pass up to the depth-d skip, which decides full or cached
+    UNDECIDED = "undecided"
     PASS_THROUGH = "pass-through"
 
 
@@ -135,6 +137,11 @@ class DeepCacheSession:
         self._step_is_full = True
         self._step = -1
         self._last_full_step = 0
+        self._adaptive = params.schedule == "adaptive"
+        self._step_undecided = False
+        self._change_sum = 0.0
+        self._cached_in_a_row = 0
+        self._skip_at_refresh: torch.Tensor | None = None
         self._slot = 0
         self._pass: _Pass | None = None
         self._last_cached = schedule.last_cached_step(params, total_steps)
@@ -194,6 +201,7 @@ class DeepCacheSession:
             self._patches.remove_all()
         finally:
             self._pass = None
+            self._skip_at_refresh = None
             self._cache.clear()
             _ACTIVE.discard(self.unet)
             logger.info("DeepCache: %s", self.stats.summary())
@@ -251,10 +259,22 @@ class DeepCacheSession:
                     self.total_steps,
                 )
         self._step_is_full = schedule.is_full_step(self.params, tick.step, self.total_steps)
-        if self._step_is_full:
-            self._last_full_step = tick.step
+        self._step_undecided = False
+        if self._adaptive and not self._step_is_full:
+            if self.params.threshold == 0 or self._cached_in_a_row >= self.params.max_cached:
+                self._step_is_full = True
+            else:
+                self._step_undecided = True
+                return
+        self._count_step(full=self._step_is_full)
+
+    def _count_step(self, full: bool) -> None:
+        if full:
+            self._last_full_step = self._step
+            self._change_sum, self._cached_in_a_row = 0.0, 0
             self.stats.full_steps += 1
         else:
+            self._cached_in_a_row += 1
             self.stats.cached_steps += 1
 
     def _begin_pass(self, h: torch.Tensor) -> _Pass:
@@ -264,15 +284,42 @@ class DeepCacheSession:
         slot, self._slot = self._slot, self._slot + 1
         key = key_of(h)
         store = self._step < self._last_cached
+        entry = None
+        if not self._step_is_full:
+            entry = self._cache.get(slot, key, stored_since=self._last_full_step)
+        if self._step_undecided:
+            if entry is not None and self._skip_at_refresh is not None:
+                return _Pass(_Mode.UNDECIDED, slot, key, store=store, entry=entry)
+            self._step_undecided, self._step_is_full = False, True
+            self._count_step(full=True)
         if self._step_is_full:
             self.stats.full_passes += 1
             return _Pass(_Mode.FULL, slot, key, store=store)
-        entry = self._cache.get(slot, key, stored_since=self._last_full_step)
         if entry is None:
             self.stats.miss_passes += 1
             return _Pass(_Mode.FULL, slot, key, store=store)
         self.stats.cached_passes += 1
         return _Pass(_Mode.CACHED, slot, key, store=store, entry=entry)
+
+    def _decide_adaptively(self, p: _Pass, skip: torch.Tensor) -> None:
+        """Accumulate the skip feature's relative L1 change since the last refresh (one
+        reduction and one device sync per step) and settle the step full or cached."""
+        reference = self._skip_at_refresh
+        if reference is None or reference.shape != skip.shape:
+            change = float("inf")
+        else:
+            distance = (skip - reference).abs().mean() / reference.abs().mean().clamp_min(1e-12)
+            change = float(distance)
+        self._change_sum += change
+        full = self._change_sum >= self.params.threshold
+        self._step_undecided, self._step_is_full = False, full
+        self._count_step(full=full)
+        if full:
+            p.mode, p.entry = _Mode.FULL, None
+            self.stats.full_passes += 1
+        else:
+            p.mode = _Mode.CACHED
+            self.stats.cached_passes += 1
 
     # ----------------------------------------------------------------- per block
     def _wrapper_factory(self, role: Role, index: int) -> WrapperFactory:
@@ -300,6 +347,8 @@ class DeepCacheSession:
         skipped = layout.is_skipped(role, index, depth)
         at_boundary = role is Role.OUTPUT and index == layout.boundary(depth)
 
+        if p.mode is _Mode.UNDECIDED and skipped:
+            raise RuntimeError("DeepCache: a deep block ran before the adaptive decision")
         if p.mode is _Mode.CACHED:
             if skipped:
                 return h.new_zeros(p.entry.skipped_shapes[(role.value, index)])
@@ -311,6 +360,10 @@ class DeepCacheSession:
         out = previous(*args, **kwargs)
         if role is Role.INPUT and index == depth:
             p.skip_channels = out.shape[1]
+            if p.mode is _Mode.UNDECIDED:
+                self._decide_adaptively(p, out)
+            if self._adaptive and p.mode is _Mode.FULL and p.slot == 0:
+                self._skip_at_refresh = out.detach().clone()
         elif skipped and p.store and p.mode is _Mode.FULL:
             p.skipped_shapes[(role.value, index)] = out.shape
         if role is Role.OUTPUT and index == layout.num_blocks - 1:

@@ -152,6 +152,23 @@ class DeepCacheScript(scripts.Script):
                 label="Refresh schedule",
                 elem_id=self.elem_id("schedule"),
             )
+            with gr.Row():
+                threshold = gr.Slider(
+                    0.0,
+                    1.0,
+                    value=first.threshold,
+                    step=0.01,
+                    label="Adaptive threshold",
+                    elem_id=self.elem_id("threshold"),
+                )
+                max_cached = gr.Slider(
+                    1,
+                    10,
+                    value=first.max_cached,
+                    step=1,
+                    label="Max cached steps",
+                    elem_id=self.elem_id("max_cached"),
+                )
             with gr.Group(visible=not is_img2img, elem_id=self.elem_id("hires_group")):
                 hires_enabled = gr.Checkbox(
                     value=hires.enabled,
@@ -185,6 +202,8 @@ class DeepCacheScript(scripts.Script):
             hires_enabled,
             hires_interval,
             hires_depth,
+            threshold,
+            max_cached,
         ]
         self.infotext_fields = [
             (control, _paste_value(name)) for control, name in zip(controls, ARG_NAMES, strict=True)
@@ -331,8 +350,10 @@ def _xyz_axes() -> None:
         ("start", float, None),
         ("end", float, None),
         ("schedule", str, lambda: list(SCHEDULES)),
+        ("threshold", float, None),
+        ("max_cached", int, None),
     ):
-        label = f"[DeepCache] {name.capitalize()}"
+        label = f"[DeepCache] {name.replace('_', ' ').capitalize()}"
         if label in labels:
             continue
         module.axis_options.append(

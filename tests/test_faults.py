@@ -56,6 +56,8 @@ OUT_OF_RANGE = {
     "schedule": "cosine",
     "enabled": 2,
     "hires_enabled": "maybe",
+    "threshold": -0.1,
+    "max_cached": 0,
 }
 
 
@@ -86,8 +88,8 @@ def test_missing_values_take_defaults_and_unknown_keys_are_refused():
     assert ScriptArgs.from_args([True]).first == DeepCacheParams(enabled=True)
     with pytest.raises(DeepCacheParamError, match="speed"):
         ScriptArgs.from_args([{"enabled": True, "speed": "max"}])
-    with pytest.raises(DeepCacheParamError, match="at most 9"):
-        ScriptArgs.from_args([*ON, 1])
+    with pytest.raises(DeepCacheParamError, match="at most 11"):
+        ScriptArgs.from_args([*ON, 0.2, 4, 1])
 
 
 def test_depth_beyond_the_architecture_is_a_documented_clamp():

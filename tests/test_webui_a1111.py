@@ -70,7 +70,7 @@ def info(processed):
 def test_the_script_is_always_visible_with_elem_ids(host):
     script = host["txt2img"].alwayson_scripts[0]
     assert script.title() == "DeepCache"
-    assert script.args_to - script.args_from == 9
+    assert script.args_to - script.args_from == 11
     controls = host["txt2img"].inputs[script.args_from : script.args_to]
     ids = [c.elem_id for c in controls]
     assert ids[0] == "script_txt2img_deepcache_enabled-checkbox"  # InputAccordion's own id
@@ -85,6 +85,8 @@ def test_the_script_is_always_visible_with_elem_ids(host):
             "hires_enabled",
             "hires_interval",
             "hires_depth",
+            "threshold",
+            "max_cached",
         )
     ]
     assert script.paste_field_names == ["DeepCache", "DeepCache hires"]
@@ -201,7 +203,7 @@ def test_negative_guidance_minimum_sigma_shrinks_the_batch_safely(host):
 
 
 def test_infotext_round_trip_restores_every_control(host):
-    values = [True, 4, 2, 0.1, 0.9, "non-uniform", True, 3, 1]
+    values = [True, 4, 2, 0.1, 0.9, "adaptive", True, 3, 1, 0.25, 5]
     _, processed = txt2img(host, values, enable_hr=True, hr_second_pass_steps=3)
     script = host["txt2img"].alwayson_scripts[0]
     pasted = paste(script.infotext_fields, info(processed))
@@ -226,7 +228,16 @@ def test_bad_ui_args_are_reported_in_infotext_not_silently_dropped(host, caplog)
 def test_xyz_axes_sweep_cells_without_touching_settings(host):
     xyz = host["xyz"]
     labels = [o.label for o in xyz.axis_options]
-    for name in ("Enabled", "Interval", "Depth", "Start", "End", "Schedule"):
+    for name in (
+        "Enabled",
+        "Interval",
+        "Depth",
+        "Start",
+        "End",
+        "Schedule",
+        "Threshold",
+        "Max cached",
+    ):
         assert f"[DeepCache] {name}" in labels
     options_before = dict(vars(shared.opts))
     p = processing.Txt2Img(steps=9)
@@ -352,7 +363,8 @@ def test_api_named_args_in_one_object(api):
         ([True, 3, 12], "depth"),
         ([True, 3, 0, 0.9, 0.1], "start"),
         ([True, 3, 0, 0, 1, "cosine"], "schedule"),
-        ([True, 3, 0, 0, 1, "uniform", True, 2, 1, "extra"], "args"),
+        ([True, 3, 0, 0, 1, "uniform", True, 2, 1, 0.2, 4, "extra"], "args"),
+        ([True, 3, 0, 0, 1, "adaptive", True, 2, 1, -0.5], "threshold"),
         ([{"enabled": True, "intervall": 3}], "intervall"),
         ([{"enabled": True, "hires": {"depth": -1}}], "hires_depth"),
         ([None], "enabled"),

@@ -26,8 +26,17 @@ sys.path.insert(0, str(ROOT))
 from lib_deepcache import fixture  # noqa: E402
 from lib_deepcache.harness import sd_alphas_cumprod  # noqa: E402
 
-COLOUR = ["astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
-          "immunohistochemistry", "retina", "colorwheel", "cat"]
+COLOUR = [
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+    "cat",
+]
 GREY = ["camera", "coins", "moon", "brick", "grass", "gravel"]
 SEED = 1234
 

@@ -1,0 +1,73 @@
+"""The adaptive schedule: refresh when the shallow skip feature says the deep one is stale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lib_deepcache import DeepCacheParams, DeepCacheSession
+from lib_deepcache.params import DeepCacheParamError
+from tests.support import make_rig
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def rig():
+    return make_rig("sd15", width=32, seed=31)
+
+
+def run(rig, params, sampler="euler", **cfg):
+    with DeepCacheSession(rig.unet, params, STEPS) as session:
+        out, _ = rig.sample(sampler, STEPS, batch=1, **cfg)
+    return out, session.stats
+
+
+def adaptive(threshold, max_cached=4, **kw):
+    return DeepCacheParams(
+        enabled=True, schedule="adaptive", threshold=threshold, max_cached=max_cached, **kw
+    )
+
+
+def test_threshold_zero_refreshes_every_step_and_is_bit_identical(rig):
+    plain, _ = rig.sample("euler", STEPS, batch=1)
+    out, stats = run(rig, adaptive(0.0))
+    assert torch.equal(out, plain)
+    assert stats.cached_steps == 0 and stats.full_steps == STEPS
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_infinite_threshold_with_max_cached_k_is_uniform_interval_k_plus_1(rig, k):
+    uniform, u_stats = run(rig, DeepCacheParams(enabled=True, interval=k + 1))
+    out, a_stats = run(rig, adaptive(float("inf"), max_cached=k))
+    assert torch.equal(out, uniform)
+    assert (a_stats.full_steps, a_stats.cached_steps) == (u_stats.full_steps, u_stats.cached_steps)
+
+
+def test_threshold_trades_refreshes_for_speed(rig):
+    counts = [run(rig, adaptive(t, max_cached=10))[1].full_steps for t in (0.01, 0.3, 3.0)]
+    assert counts[0] >= counts[1] >= counts[2]
+    assert counts[0] > counts[2]
+
+
+def test_window_and_first_step_are_respected(rig):
+    _, stats = run(rig, adaptive(float("inf"), max_cached=10, start=0.5))
+    # the first half runs fully; in the window nothing forces a refresh within 10 steps
+    assert (stats.full_steps, stats.cached_steps) == (STEPS // 2, STEPS // 2)
+
+
+def test_cond_and_uncond_slots_share_the_steps_decision(rig):
+    _, stats = run(rig, adaptive(0.3), split=True)
+    assert stats.cached_passes == 2 * stats.cached_steps
+    assert stats.full_steps + stats.cached_steps == STEPS
+
+
+def test_adaptive_params_validate_and_round_trip():
+    params = adaptive(0.25, max_cached=5)
+    text = params.to_infotext()
+    assert text.endswith("adaptive, threshold 0.25, max cached 5")
+    assert DeepCacheParams.from_infotext(text) == params
+    with pytest.raises(DeepCacheParamError, match="threshold"):
+        adaptive(-1.0)
+    with pytest.raises(DeepCacheParamError, match="max_cached"):
+        adaptive(0.2, max_cached=0)
