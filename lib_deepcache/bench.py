@@ -190,6 +190,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats per setting")
     parser.add_argument("--checkpoint", type=Path, default=None, help="WebUI .safetensors")
     parser.add_argument("--quality", action="store_true", help="fidelity on the trained fixture")
+    parser.add_argument(
+        "--adaptive-study",
+        type=Path,
+        default=None,
+        metavar="FILE.md",
+        help="compare adaptive with uniform/non-uniform at matched FLOP speedups (fixture)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 configs (CI)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="write a markdown table")
@@ -283,11 +290,11 @@ def add_quality(report: Report, args: argparse.Namespace) -> None:
     from .fidelity import FixtureSampler, compare, save_grid
 
     sampler = FixtureSampler()
-    reference = sampler.sample(QUALITY_SEEDS, args.steps, args.sampler)
+    reference, _ = sampler.sample(QUALITY_SEEDS, args.steps, args.sampler)
     images = [("uncached", reference)]
     for row in report.rows:
         params = DeepCacheParams(True, row.interval, row.depth, schedule=row.schedule)
-        samples = sampler.sample(QUALITY_SEEDS, args.steps, args.sampler, params)
+        samples, _ = sampler.sample(QUALITY_SEEDS, args.steps, args.sampler, params)
         fidelity = compare(reference, samples)
         row.psnr, row.ssim, row.rel_l2 = fidelity.psnr, fidelity.ssim, fidelity.rel_l2
         images.append((row.label, samples))
@@ -295,6 +302,57 @@ def add_quality(report: Report, args: argparse.Namespace) -> None:
     report.settings["quality"] = (
         f"trained fixture, {len(QUALITY_SEEDS)} seeds, {args.sampler}, {args.steps} steps"
     )
+
+
+def adaptive_study(steps: int, samplers: Sequence[str], intervals: Sequence[int]) -> str:
+    """Adaptive against uniform and non-uniform at matched FLOP speedups, on the fixture.
+
+    For each sampler and interval N (depth 0): the uniform and non-uniform schedules' FLOP
+    speedups and PSNRs, and the adaptive schedule with its threshold calibrated to the uniform
+    schedule's FLOP speedup. Returns a markdown table.
+    """
+    from .fidelity import FixtureSampler, calibrate_threshold, compare, flop_speedup
+
+    fixture_sampler = FixtureSampler()
+    share = fixture_sampler.shallow_share(0, len(QUALITY_SEEDS))
+    lines = [
+        f"trained fixture, {len(QUALITY_SEEDS)} seeds, {steps} steps, depth 0, "
+        f"shallow share f_0 = {share:.2%}",
+        "",
+        "| sampler | N | schedule | threshold | full/cached | FLOP speedup | PSNR dB | SSIM |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for sampler in samplers:
+        reference, _ = fixture_sampler.sample(QUALITY_SEEDS, steps, sampler)
+        for interval in intervals:
+            uniform_speedup = 0.0
+            for schedule in ("uniform", "non-uniform"):
+                params = DeepCacheParams(True, interval, 0, schedule=schedule)
+                images, stats = fixture_sampler.sample(QUALITY_SEEDS, steps, sampler, params)
+                speedup = flop_speedup(stats, share)
+                uniform_speedup = uniform_speedup or speedup
+                quality = compare(reference, images)
+                lines.append(
+                    f"| {sampler} | {interval} | {schedule} | - | {stats.full_steps}/"
+                    f"{stats.cached_steps} | {speedup:.2f}x | {quality.psnr:.2f} | "
+                    f"{quality.ssim:.4f} |"
+                )
+            found = calibrate_threshold(
+                fixture_sampler,
+                QUALITY_SEEDS,
+                steps,
+                sampler,
+                uniform_speedup,
+                share,
+                max_cached=2 * interval,
+            )
+            quality = compare(reference, found.images)
+            lines.append(
+                f"| {sampler} | {interval} | adaptive (max cached {2 * interval}) | "
+                f"{found.threshold:.4g} | {found.stats.full_steps}/{found.stats.cached_steps} | "
+                f"{found.flop_speedup:.2f}x | {quality.psnr:.2f} | {quality.ssim:.4f} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> Report:
@@ -310,6 +368,11 @@ def main(argv: Sequence[str] | None = None) -> Report:
         args.markdown.write_text(report.to_markdown())
     if args.quality:
         print(f"sample grid: {args.png}")
+    if args.adaptive_study:
+        study = adaptive_study(args.steps, ["euler", "dpmpp_2m"], [3, 5])
+        print(study)
+        args.adaptive_study.parent.mkdir(parents=True, exist_ok=True)
+        args.adaptive_study.write_text(study)
     return report
 
 

@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from . import fixture
+from .flops import count_block_flops
 from .harness import SAMPLERS, sd_alphas_cumprod
 from .params import DeepCacheParams
-from .session import DeepCacheSession
+from .session import DeepCacheSession, DeepCacheStats
+from .unet_ldm import LdmLayout
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,8 @@ class FixtureSampler:
 
     def sample(
         self, seeds: list[int], steps: int, sampler: str, params: DeepCacheParams | None = None
-    ) -> torch.Tensor:
-        """One batched run over all seeds; images in [-1, 1], (N, 3, 32, 32)."""
+    ) -> tuple[torch.Tensor, DeepCacheStats]:
+        """One batched run over all seeds: images in [-1, 1], (N, 3, 32, 32), and the stats."""
         sigmas = self.denoiser.get_sigmas(steps)
         size = fixture.IMAGE_SIZE
         noise = torch.stack(
@@ -63,7 +65,65 @@ class FixtureSampler:
         session = DeepCacheSession(self.unet, params or DeepCacheParams(), steps, grid)
         torch.manual_seed(seeds[0])
         with torch.no_grad(), session:
-            return SAMPLERS[sampler](model, noise * sigmas[0], sigmas, disable=True).clamp(-1, 1)
+            images = SAMPLERS[sampler](model, noise * sigmas[0], sigmas, disable=True)
+        return images.clamp(-1, 1), session.stats
+
+    def shallow_share(self, depth: int, batch: int) -> float:
+        """f_b of the fixture at its sampling shape."""
+        size = fixture.IMAGE_SIZE
+        counted = count_block_flops(
+            self.unet, (batch, 3, size, size), (batch, fixture.CONTEXT_TOKENS, 32)
+        )
+        return counted.shallow_share(depth, LdmLayout.of(self.unet))
+
+
+def flop_speedup(stats: DeepCacheStats, shallow_share: float) -> float:
+    """UNet FLOPs uncached over cached for the steps a session ran."""
+    total = stats.full_steps + stats.cached_steps
+    return total / (stats.full_steps + stats.cached_steps * shallow_share)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    threshold: float
+    flop_speedup: float
+    images: torch.Tensor
+    stats: DeepCacheStats
+
+
+def calibrate_threshold(
+    fixture_sampler: FixtureSampler,
+    seeds: list[int],
+    steps: int,
+    sampler: str,
+    target_speedup: float,
+    shallow_share: float,
+    depth: int = 0,
+    max_cached: int = 10,
+    iterations: int = 14,
+) -> Calibrated:
+    """The adaptive threshold whose FLOP speedup on the fixture is closest to the target.
+
+    Bisection in log space: a larger threshold caches more, so the speedup grows with it.
+    """
+    low, high = 1e-4, 10.0
+    best: Calibrated | None = None
+    for _ in range(iterations):
+        threshold = math.sqrt(low * high)
+        params = DeepCacheParams(
+            True, depth=depth, schedule="adaptive", threshold=threshold, max_cached=max_cached
+        )
+        images, stats = fixture_sampler.sample(seeds, steps, sampler, params)
+        speedup = flop_speedup(stats, shallow_share)
+        candidate = Calibrated(threshold, speedup, images, stats)
+        if best is None or abs(speedup - target_speedup) < abs(best.flop_speedup - target_speedup):
+            best = candidate
+        if speedup < target_speedup:
+            low = threshold
+        else:
+            high = threshold
+    assert best is not None
+    return best
 
 
 def compare(reference: torch.Tensor, candidate: torch.Tensor) -> Fidelity:

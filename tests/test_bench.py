@@ -1,16 +1,76 @@
-"""The benchmark command runs end to end and reports consistent figures (never timings)."""
+"""The benchmark: report structure and FLOP figures (never timings), checkpoint loading."""
 
 from __future__ import annotations
 
-from lib_deepcache import bench
-from lib_deepcache.flops import speed_limit
+import json
+
+import pytest
+import torch
+
+from lib_deepcache import bench, schedule
+from lib_deepcache.archs import build_unet
+from lib_deepcache.flops import count_block_flops, speed_limit
+from lib_deepcache.params import DeepCacheParamError, DeepCacheParams
+from lib_deepcache.unet_ldm import LdmLayout
 
 
-def test_bench_reports_counts_times_and_flop_speedup(capsys):
-    result = bench.main(["--width", "32", "--steps", "6", "--size", "16", "--interval", "3"])
-    out = capsys.readouterr().out
-    assert (result.full_steps, result.cached_steps) == (2, 4)
-    assert result.seconds_off > 0 and result.seconds_on > 0
-    assert 1 < result.flop_speedup <= speed_limit(3, result.shallow_share) * (1 + 1e-9)
-    for label in ("full / cached steps", "uncached time", "DeepCache time", "measured speedup"):
-        assert label in out
+def test_quick_bench_writes_a_consistent_report(tmp_path, capsys):
+    report = bench.main(
+        ["--quick", "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]
+    )
+    assert [r.label for r in report.rows] == ["N=3 b=0 uniform", "N=5 b=1 non-uniform"]
+    for row in report.rows:
+        params = DeepCacheParams(True, row.interval, row.depth, schedule=row.schedule)
+        assert row.full_steps == len(schedule.full_steps(params, 6))
+        assert row.full_steps + row.cached_steps == 6
+        assert 1 < row.flop_speedup <= row.limit * (1 + 1e-9)
+        assert row.limit == pytest.approx(speed_limit(row.interval, row.shallow_share))
+        assert row.unet_seconds_off > 0 and row.unet_seconds_on > 0
+        assert row.cache_peak_mb > 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["settings"]["steps"] == 6 and len(data["rows"]) == 2
+    assert {"flop_speedup", "limit", "measured_speedup", "efficiency", "cache_peak_mb"} <= set(
+        data["rows"][0]
+    )
+    markdown = (tmp_path / "r.md").read_text()
+    assert "| config | full/cached |" in markdown and "N=5 b=1 non-uniform" in markdown
+    assert "N=3 b=0 uniform" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("interval", [2, 3, 5])
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_sd15_flop_speedup_over_30_steps_is_within_2_percent_of_the_limit(interval, depth):
+    unet = build_unet("sd15", device="meta")
+    counted = count_block_flops(unet, (2, 4, 16, 16), (2, 77, 768))
+    share = counted.shallow_share(depth, LdmLayout.of(unet))
+    params = DeepCacheParams(True, interval, depth)
+    full = len(schedule.full_steps(params, 30))
+    speedup = 30 / (full + (30 - full) * share)
+    assert speedup == pytest.approx(speed_limit(interval, share), rel=0.02)
+    assert speedup > 1
+
+
+def test_grid_syntax():
+    assert bench.parse_grid("3x0, 5x1n") == [(3, 0, "uniform"), (5, 1, "non-uniform")]
+    with pytest.raises(DeepCacheParamError):
+        bench.parse_grid("0x0")
+
+
+def test_checkpoint_weights_load_into_the_unet(tmp_path):
+    from safetensors.torch import save_file
+
+    source = build_unet("sd15", width=32, seed=1)
+    save_file(
+        {f"model.diffusion_model.{k}": v for k, v in source.state_dict().items()}
+        | {"first_stage_model.decoder.conv_in.weight": torch.zeros(1)},
+        str(tmp_path / "model.safetensors"),
+    )
+    target = build_unet("sd15", width=32, seed=2)
+    bench.load_checkpoint(target, tmp_path / "model.safetensors")
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, target.state_dict()[key]), key
+    with pytest.raises(ValueError, match="does not fit"):
+        bench.load_checkpoint(build_unet("sdxl", width=32), tmp_path / "model.safetensors")
+    save_file({"other": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a WebUI checkpoint"):
+        bench.load_checkpoint(target, tmp_path / "other.safetensors")

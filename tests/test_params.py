@@ -31,6 +31,8 @@ def test_positional_order_is_documented_order():
         "start",
         "end",
         "schedule",
+        "threshold",
+        "max_cached",
     )
     params = DeepCacheParams.from_args([True, 5, 2, 0.1, 0.9, "non-uniform"])
     assert params == DeepCacheParams(True, 5, 2, 0.1, 0.9, "non-uniform")
@@ -63,7 +65,10 @@ def test_json_style_values_are_accepted():
         ({"start": 1.5}, "start", "0 to 1"),
         ({"end": math.inf}, "end", "0 to 1"),
         ({"start": 0.6, "end": 0.5}, "start", "below end"),
-        ({"schedule": "cosine"}, "schedule", "uniform or non-uniform"),
+        ({"schedule": "cosine"}, "schedule", "uniform or non-uniform or adaptive"),
+        ({"threshold": -0.5}, "threshold", ">= 0"),
+        ({"threshold": math.nan}, "threshold", ">= 0"),
+        ({"max_cached": 0}, "max_cached", "1 to 1000"),
         ({"enabled": "maybe"}, "enabled", "true or false"),
         ({"enabled": None}, "enabled", "null is not allowed"),
         ({"intervall": 3}, "intervall", "keys enabled, interval"),
@@ -78,8 +83,8 @@ def test_bad_values_name_the_field_value_and_range(values, field, allowed):
 
 
 def test_too_many_positional_values_are_refused():
-    with pytest.raises(DeepCacheParamError, match="at most 6 values"):
-        DeepCacheParams.from_args([True, 3, 0, 0, 1, "uniform", "extra"])
+    with pytest.raises(DeepCacheParamError, match="at most 8 values"):
+        DeepCacheParams.from_args([True, 3, 0, 0, 1, "uniform", 0.2, 4, "extra"])
 
 
 def test_params_are_immutable():

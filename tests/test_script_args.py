@@ -24,6 +24,8 @@ def test_positional_and_named_forms_agree():
             {
                 **dict(zip(ARG_NAMES[:6], values, strict=False)),
                 "hires": {"enabled": False, "interval": 3, "depth": 2},
+                "threshold": 0.3,
+                "max_cached": 5,
             }
         ]
     )
