@@ -26,14 +26,14 @@ from typing import Any
 import torch
 
 from .archs import ARCHS, sdpa_attention
-from .flops import count_block_flops, speed_limit
+from .flops import count_block_flops, schedule_speedup, speed_limit
 from .harness import SAMPLERS, make_rig
 from .params import DeepCacheParams
 from .session import DeepCacheSession
 from .unet_ldm import LdmLayout
 
-DEFAULT_GRID = [(n, b, "uniform") for n in (2, 3, 5) for b in (0, 1, 2)] + [(5, 0, "non-uniform")]
-QUICK_GRID = [(3, 0, "uniform"), (5, 1, "non-uniform")]
+DEFAULT_GRID = "2x0,2x1,2x2,3x0,3x1,3x2,5x0,5x1,5x2,5x0n"
+QUICK_GRID = "3x0,5x1n"
 QUALITY_SEEDS = list(range(16))
 
 
@@ -42,6 +42,7 @@ class Row:
     interval: int
     depth: int
     schedule: str
+    threshold: float | None = None
     full_steps: int = 0
     cached_steps: int = 0
     shallow_share: float = 0.0
@@ -58,7 +59,19 @@ class Row:
 
     @property
     def label(self) -> str:
-        return f"N={self.interval} b={self.depth} {self.schedule}"
+        text = f"N={self.interval} b={self.depth} {self.schedule}"
+        return text if self.threshold is None else f"{text} t={self.threshold:g}"
+
+    def params(self) -> DeepCacheParams:
+        if self.schedule == "adaptive":
+            return DeepCacheParams(
+                True,
+                depth=self.depth,
+                schedule="adaptive",
+                threshold=self.threshold,
+                max_cached=2 * self.interval,
+            )
+        return DeepCacheParams(True, self.interval, self.depth, schedule=self.schedule)
 
 
 @dataclass
@@ -147,16 +160,24 @@ class UnetTimer:
             handle.remove()
 
 
-def parse_grid(text: str) -> list[tuple[int, int, str]]:
-    """``"3x0,5x1n"``: interval x depth, a trailing ``n`` for the non-uniform schedule."""
-    grid = []
+def parse_grid(text: str) -> list[Row]:
+    """``"3x0,5x1n,3x0a0.2"``: interval x depth; ``n``: non-uniform; ``a<T>``: adaptive with
+    threshold T and at most 2N cached steps in a row."""
+    rows = []
     for item in text.split(","):
         item = item.strip()
+        threshold = None
+        if "a" in item:
+            item, _, raw = item.partition("a")
+            threshold = float(raw)
         schedule = "non-uniform" if item.endswith("n") else "uniform"
         interval, depth = item.rstrip("n").split("x")
-        DeepCacheParams(enabled=True, interval=int(interval), depth=int(depth))
-        grid.append((int(interval), int(depth), schedule))
-    return grid
+        row = Row(
+            int(interval), int(depth), "adaptive" if threshold is not None else schedule, threshold
+        )
+        row.params()
+        rows.append(row)
+    return rows
 
 
 def load_checkpoint(unet: torch.nn.Module, path: Path) -> None:
@@ -167,7 +188,10 @@ def load_checkpoint(unet: torch.nn.Module, path: Path) -> None:
     state = {k[len(prefix) :]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
     if not state:
         raise ValueError(f"{path} has no keys under {prefix!r}: not a WebUI checkpoint")
-    result = unet.load_state_dict(state, strict=False)
+    try:
+        result = unet.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of other shapes
+        raise ValueError(f"{path} does not fit this --arch UNet: {error}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"{path} does not fit this --arch UNet: {len(result.missing_keys)} missing, "
@@ -186,7 +210,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="euler")
     parser.add_argument("--steps", type=int, default=30, help="30: divisible by N = 2, 3, 5")
     parser.add_argument("--size", type=int, default=16, help="latent side (pixels / 8)")
-    parser.add_argument("--grid", type=parse_grid, default=None, help='e.g. "3x0,5x1n"')
+    parser.add_argument(
+        "--grid", type=parse_grid, default=None, help='e.g. "3x0,5x1n,3x0a0.2" (see parse_grid)'
+    )
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats per setting")
     parser.add_argument("--checkpoint", type=Path, default=None, help="WebUI .safetensors")
     parser.add_argument("--quality", action="store_true", help="fidelity on the trained fixture")
@@ -195,7 +221,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         default=None,
         metavar="FILE.md",
-        help="compare adaptive with uniform/non-uniform at matched FLOP speedups (fixture)",
+        help="instead of the speed grid: adaptive against uniform/non-uniform at matched FLOP "
+        "speedups on the fixture (Euler and DPM++ 2M, N = 3 and 5, depth 0)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 configs (CI)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON")
@@ -206,8 +233,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.width = args.width or 32
         args.steps = 6 if args.steps == 30 else args.steps
-        args.grid = args.grid or QUICK_GRID
-    args.grid = args.grid or DEFAULT_GRID
+        args.grid = args.grid or parse_grid(QUICK_GRID)
+    args.grid = args.grid or parse_grid(DEFAULT_GRID)
     return args
 
 
@@ -237,7 +264,7 @@ def run(args: argparse.Namespace) -> Report:
             "checkpoint": str(args.checkpoint) if args.checkpoint else "seeded weights",
         }
     )
-    rows = [Row(n, b, s) for n, b, s in args.grid]
+    rows = args.grid
     off_times: list[float] = []
     on_times: dict[int, list[float]] = {i: [] for i in range(len(rows))}
     timer = UnetTimer(rig.unet, device)
@@ -260,8 +287,7 @@ def run(args: argparse.Namespace) -> Report:
                 sample(DeepCacheParams())
                 bracket = timer.seconds
                 for i, row in enumerate(rows):
-                    params = DeepCacheParams(True, row.interval, row.depth, schedule=row.schedule)
-                    stats = sample(params).stats
+                    stats = sample(row.params()).stats
                     on_times[i].append(timer.seconds)
                     row.full_steps, row.cached_steps = stats.full_steps, stats.cached_steps
                     row.cache_peak_mb = max(row.cache_peak_mb, timer.peak_bytes / 2**20)
@@ -273,8 +299,7 @@ def run(args: argparse.Namespace) -> Report:
     off = statistics.median(off_times)
     for i, row in enumerate(rows):
         row.shallow_share = counted.shallow_share(min(row.depth, layout.num_blocks - 1), layout)
-        total = row.full_steps + row.cached_steps
-        row.flop_speedup = total / (row.full_steps + row.cached_steps * row.shallow_share)
+        row.flop_speedup = schedule_speedup(row.full_steps, row.cached_steps, row.shallow_share)
         row.limit = speed_limit(row.interval, row.shallow_share)
         row.unet_seconds_off = off
         row.unet_seconds_on = statistics.median(on_times[i])
@@ -293,8 +318,7 @@ def add_quality(report: Report, args: argparse.Namespace) -> None:
     reference, _ = sampler.sample(QUALITY_SEEDS, args.steps, args.sampler)
     images = [("uncached", reference)]
     for row in report.rows:
-        params = DeepCacheParams(True, row.interval, row.depth, schedule=row.schedule)
-        samples, _ = sampler.sample(QUALITY_SEEDS, args.steps, args.sampler, params)
+        samples, _ = sampler.sample(QUALITY_SEEDS, args.steps, args.sampler, row.params())
         fidelity = compare(reference, samples)
         row.psnr, row.ssim, row.rel_l2 = fidelity.psnr, fidelity.ssim, fidelity.rel_l2
         images.append((row.label, samples))
@@ -355,9 +379,15 @@ def adaptive_study(steps: int, samplers: Sequence[str], intervals: Sequence[int]
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> Report:
+def main(argv: Sequence[str] | None = None) -> Report | None:
     args = parse_args(argv)
     torch.set_grad_enabled(False)
+    if args.adaptive_study:
+        study = adaptive_study(args.steps, ["euler", "dpmpp_2m"], [3, 5])
+        print(study)
+        args.adaptive_study.parent.mkdir(parents=True, exist_ok=True)
+        args.adaptive_study.write_text(study)
+        return None
     report = run(args)
     print(report.to_markdown())
     if args.json:
@@ -368,11 +398,6 @@ def main(argv: Sequence[str] | None = None) -> Report:
         args.markdown.write_text(report.to_markdown())
     if args.quality:
         print(f"sample grid: {args.png}")
-    if args.adaptive_study:
-        study = adaptive_study(args.steps, ["euler", "dpmpp_2m"], [3, 5])
-        print(study)
-        args.adaptive_study.parent.mkdir(parents=True, exist_ok=True)
-        args.adaptive_study.write_text(study)
     return report
 
 

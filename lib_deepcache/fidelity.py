@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import fixture
-from .flops import count_block_flops
+from .flops import count_block_flops, schedule_speedup
 from .harness import SAMPLERS, sd_alphas_cumprod
 from .params import DeepCacheParams
 from .session import DeepCacheSession, DeepCacheStats
@@ -79,8 +79,7 @@ class FixtureSampler:
 
 def flop_speedup(stats: DeepCacheStats, shallow_share: float) -> float:
     """UNet FLOPs uncached over cached for the steps a session ran."""
-    total = stats.full_steps + stats.cached_steps
-    return total / (stats.full_steps + stats.cached_steps * shallow_share)
+    return schedule_speedup(stats.full_steps, stats.cached_steps, shallow_share)
 
 
 @dataclass(frozen=True)

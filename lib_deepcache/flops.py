@@ -100,3 +100,9 @@ def _total(counter: FlopCounterMode) -> int:
 def speed_limit(interval: int, shallow_share: float) -> float:
     """S(N, b) = N / (1 + (N - 1) f_b): the UNet speedup uniform caching can never exceed."""
     return interval / (1 + (interval - 1) * shallow_share)
+
+
+def schedule_speedup(full_steps: int, cached_steps: int, shallow_share: float) -> float:
+    """UNet FLOPs uncached over cached for a run with these step counts."""
+    total = full_steps + cached_steps
+    return total / (full_steps + cached_steps * shallow_share)

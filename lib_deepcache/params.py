@@ -45,8 +45,8 @@ def _as_bool(field: str, value: Any) -> bool:
     raise DeepCacheParamError(field, value, "true or false")
 
 
-def _as_int(field: str, value: Any, low: int, high: int) -> int:
-    allowed = f"an integer from {low} to {high}"
+def _as_number(field: str, value: Any, allowed: str) -> float | int:
+    """A real number from a number or a numeric string; never from a bool."""
     number: Any = value
     if isinstance(value, str):
         try:
@@ -56,25 +56,22 @@ def _as_int(field: str, value: Any, low: int, high: int) -> int:
     # bool is an int subclass: "interval": true must not silently mean 1.
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise DeepCacheParamError(field, value, allowed)
+    return number
+
+
+def _as_int(field: str, value: Any, low: int, high: int) -> int:
+    allowed = f"an integer from {low} to {high}"
+    number = _as_number(field, value, allowed)
     if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
         raise DeepCacheParamError(field, value, allowed)
-    number = int(number)
-    if not low <= number <= high:
+    if not low <= int(number) <= high:
         raise DeepCacheParamError(field, value, allowed)
-    return number
+    return int(number)
 
 
 def _as_fraction(field: str, value: Any) -> float:
     allowed = "a number from 0 to 1 (fraction of the executed steps)"
-    number: Any = value
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise DeepCacheParamError(field, value, allowed) from None
-    if isinstance(number, bool) or not isinstance(number, (int, float)):
-        raise DeepCacheParamError(field, value, allowed)
-    number = float(number)
+    number = float(_as_number(field, value, allowed))
     if not (math.isfinite(number) and 0.0 <= number <= 1.0):
         raise DeepCacheParamError(field, value, allowed)
     return number
@@ -82,15 +79,7 @@ def _as_fraction(field: str, value: Any) -> float:
 
 def _as_threshold(field: str, value: Any) -> float:
     allowed = "a number >= 0 (inf: refresh only after max_cached steps)"
-    number: Any = value
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise DeepCacheParamError(field, value, allowed) from None
-    if isinstance(number, bool) or not isinstance(number, (int, float)):
-        raise DeepCacheParamError(field, value, allowed)
-    number = float(number)
+    number = float(_as_number(field, value, allowed))
     if math.isnan(number) or number < 0:
         raise DeepCacheParamError(field, value, allowed)
     return number

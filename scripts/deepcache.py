@@ -111,41 +111,14 @@ class DeepCacheScript(scripts.Script):
     def ui(self, is_img2img: bool) -> list[Any]:
         defaults = ScriptArgs.defaults()
         first, hires = defaults.first, defaults.hires
+        slider = self._slider
         with _accordion(self.elem_id) as enabled:
             with gr.Row():
-                interval = gr.Slider(
-                    1,
-                    10,
-                    value=first.interval,
-                    step=1,
-                    label="Cache interval",
-                    elem_id=self.elem_id("interval"),
-                )
-                depth = gr.Slider(
-                    0,
-                    MAX_DEPTH,
-                    value=first.depth,
-                    step=1,
-                    label="Cache depth",
-                    elem_id=self.elem_id("depth"),
-                )
+                interval = slider("interval", "Cache interval", 1, 10, 1, first.interval)
+                depth = slider("depth", "Cache depth", 0, MAX_DEPTH, 1, first.depth)
             with gr.Row():
-                start = gr.Slider(
-                    0.0,
-                    1.0,
-                    value=first.start,
-                    step=0.01,
-                    label="Cache start",
-                    elem_id=self.elem_id("start"),
-                )
-                end = gr.Slider(
-                    0.0,
-                    1.0,
-                    value=first.end,
-                    step=0.01,
-                    label="Cache end",
-                    elem_id=self.elem_id("end"),
-                )
+                start = slider("start", "Cache start", 0.0, 1.0, 0.01, first.start)
+                end = slider("end", "Cache end", 0.0, 1.0, 0.01, first.end)
             schedule = gr.Radio(
                 list(SCHEDULES),
                 value=first.schedule,
@@ -153,22 +126,10 @@ class DeepCacheScript(scripts.Script):
                 elem_id=self.elem_id("schedule"),
             )
             with gr.Row():
-                threshold = gr.Slider(
-                    0.0,
-                    1.0,
-                    value=first.threshold,
-                    step=0.01,
-                    label="Adaptive threshold",
-                    elem_id=self.elem_id("threshold"),
+                threshold = slider(
+                    "threshold", "Adaptive threshold", 0.0, 1.0, 0.01, first.threshold
                 )
-                max_cached = gr.Slider(
-                    1,
-                    10,
-                    value=first.max_cached,
-                    step=1,
-                    label="Max cached steps",
-                    elem_id=self.elem_id("max_cached"),
-                )
+                max_cached = slider("max_cached", "Max cached steps", 1, 10, 1, first.max_cached)
             with gr.Group(visible=not is_img2img, elem_id=self.elem_id("hires_group")):
                 hires_enabled = gr.Checkbox(
                     value=hires.enabled,
@@ -176,21 +137,11 @@ class DeepCacheScript(scripts.Script):
                     elem_id=self.elem_id("hires_enabled"),
                 )
                 with gr.Row():
-                    hires_interval = gr.Slider(
-                        1,
-                        10,
-                        value=hires.interval,
-                        step=1,
-                        label="Hires cache interval",
-                        elem_id=self.elem_id("hires_interval"),
+                    hires_interval = slider(
+                        "hires_interval", "Hires cache interval", 1, 10, 1, hires.interval
                     )
-                    hires_depth = gr.Slider(
-                        0,
-                        MAX_DEPTH,
-                        value=hires.depth,
-                        step=1,
-                        label="Hires cache depth",
-                        elem_id=self.elem_id("hires_depth"),
+                    hires_depth = slider(
+                        "hires_depth", "Hires cache depth", 0, MAX_DEPTH, 1, hires.depth
                     )
         controls = [
             enabled,
@@ -210,6 +161,11 @@ class DeepCacheScript(scripts.Script):
         ]
         self.paste_field_names = [INFOTEXT_KEY, INFOTEXT_HIRES_KEY]
         return controls
+
+    def _slider(
+        self, name: str, label: str, low: float, high: float, step: float, value: float
+    ) -> Any:
+        return gr.Slider(low, high, value=value, step=step, label=label, elem_id=self.elem_id(name))
 
     # ----------------------------------------------------------------- generation
     def process(self, p: Any, *args: Any) -> None:

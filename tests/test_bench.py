@@ -20,8 +20,7 @@ def test_quick_bench_writes_a_consistent_report(tmp_path, capsys):
     )
     assert [r.label for r in report.rows] == ["N=3 b=0 uniform", "N=5 b=1 non-uniform"]
     for row in report.rows:
-        params = DeepCacheParams(True, row.interval, row.depth, schedule=row.schedule)
-        assert row.full_steps == len(schedule.full_steps(params, 6))
+        assert row.full_steps == len(schedule.full_steps(row.params(), 6))
         assert row.full_steps + row.cached_steps == 6
         assert 1 < row.flop_speedup <= row.limit * (1 + 1e-9)
         assert row.limit == pytest.approx(speed_limit(row.interval, row.shallow_share))
@@ -51,7 +50,15 @@ def test_sd15_flop_speedup_over_30_steps_is_within_2_percent_of_the_limit(interv
 
 
 def test_grid_syntax():
-    assert bench.parse_grid("3x0, 5x1n") == [(3, 0, "uniform"), (5, 1, "non-uniform")]
+    rows = bench.parse_grid("3x0, 5x1n, 3x2a0.25")
+    assert [r.label for r in rows] == [
+        "N=3 b=0 uniform",
+        "N=5 b=1 non-uniform",
+        "N=3 b=2 adaptive t=0.25",
+    ]
+    assert rows[2].params() == DeepCacheParams(
+        True, depth=2, schedule="adaptive", threshold=0.25, max_cached=6
+    )
     with pytest.raises(DeepCacheParamError):
         bench.parse_grid("0x0")
 
