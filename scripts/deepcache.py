@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 import gradio as gr
-from modules import script_callbacks, scripts, shared
+from modules import script_callbacks, scripts, sd_samplers_common, shared
 
 from lib_deepcache import api_guard
 from lib_deepcache.generation import GenerationRun, PassPlan
@@ -65,8 +65,6 @@ def _is_img2img_pass(p: Any) -> bool:
 
 def _pass_plan(p: Any, args: ScriptArgs) -> PassPlan:
     """Parameters, executed steps and timestep grid of the pass about to sample."""
-    from modules import sd_samplers_common
-
     hires = bool(getattr(p, "is_hr_pass", False))
     params = args.hires_pass() if hires else args.first
     if _is_img2img_pass(p):

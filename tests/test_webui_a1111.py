@@ -190,6 +190,17 @@ def test_webui_before_1_10_hooks_through_process_batch_and_before_hr(host, monke
     )
 
 
+@pytest.mark.parametrize("sampler", ["DPM++ SDE", "DPM2", "Heun"])
+def test_second_order_samplers_count_steps_not_calls(host, sampler, caplog):
+    """The adapter hands the sampler's timestep grid to the engine, so midpoint evaluations
+    stay in their step, in txt2img and in img2img's partial schedule."""
+    _, processed = txt2img(host, ON, sampler_name=sampler)
+    assert info(processed)["DeepCache steps"] == "3 full / 6 cached"
+    _, processed = img2img(host, ON, sampler_name=sampler, denoising_strength=0.5)
+    assert info(processed)["DeepCache steps"] == "4 full / 7 cached"
+    assert "timestep grid" not in caplog.text
+
+
 def test_batch_count_gives_each_iteration_fresh_sessions(host):
     _, processed = txt2img(host, ON, n_iter=2)
     for text in processed.infotexts:
