@@ -63,9 +63,6 @@ class FeatureCache:
     def clear(self) -> None:
         self._entries.clear()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     @property
     def nbytes(self) -> int:
         return sum(entry.nbytes for entry in self._entries.values())

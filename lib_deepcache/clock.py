@@ -46,10 +46,6 @@ class StepClock:
         self._current: float | None = None
         self._step = -1
 
-    @property
-    def step(self) -> int:
-        return self._step
-
     def observe(self, timestep: float) -> Tick:
         first = self._current is None
         if not first and same_timestep(timestep, self._current):

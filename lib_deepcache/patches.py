@@ -66,6 +66,3 @@ class PatchSet:
                 patch.module.forward = patch.previous_instance_forward
         self._forwards.clear()
         return stuck
-
-    def __len__(self) -> int:
-        return len(self._forwards) + len(self._handles)

@@ -125,7 +125,6 @@ class DeepCacheSession:
             )
         self.stats = DeepCacheStats(depth=self.depth)
         self._layout = self.layout or LdmLayout(num_blocks=0)
-        self._grid = timestep_grid
         self._clock = StepClock(timestep_grid)
         self._cache = FeatureCache()
         self._patches = PatchSet()
