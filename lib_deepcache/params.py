@@ -153,10 +153,7 @@ class DeepCacheParams:
             raise DeepCacheParamError(
                 "args", list(args), f"at most {len(names)} values in the order {', '.join(names)}"
             )
-        for name, value in zip(names, args, strict=False):
-            if value is None:
-                raise DeepCacheParamError(name, value, "a value (null is not allowed)")
-        return cls(**dict(zip(names, args, strict=False)))
+        return cls.from_dict(dict(zip(names, args, strict=False)))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DeepCacheParams:

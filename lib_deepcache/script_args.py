@@ -31,6 +31,8 @@ ARG_NAMES = (
     "max_cached",
 )
 HIRES_KEYS = {"hires_enabled": "enabled", "hires_interval": "interval", "hires_depth": "depth"}
+# The hires pass takes these from the first pass.
+SHARED_WITH_HIRES = ("start", "end", "schedule", "threshold", "max_cached")
 
 INFOTEXT_KEY = "DeepCache"
 INFOTEXT_HIRES_KEY = "DeepCache hires"
@@ -92,22 +94,9 @@ class ScriptArgs:
         first_values = {k: v for k, v in flat.items() if k not in HIRES_KEYS}
         first = DeepCacheParams.from_dict(first_values)
         base = cls.defaults().hires
-        hires_values = {
-            "enabled": flat.get("hires_enabled", base.enabled),
-            "interval": flat.get("hires_interval", base.interval),
-            "depth": flat.get("hires_depth", base.depth),
-        }
+        own = {field: flat.get(name, getattr(base, field)) for name, field in HIRES_KEYS.items()}
         try:
-            hires = DeepCacheParams(
-                enabled=hires_values["enabled"],
-                interval=hires_values["interval"],
-                depth=hires_values["depth"],
-                start=first.start,
-                end=first.end,
-                schedule=first.schedule,
-                threshold=first.threshold,
-                max_cached=first.max_cached,
-            )
+            hires = DeepCacheParams(**own, **_shared_with_hires(first))
         except DeepCacheParamError as error:
             raise DeepCacheParamError(f"hires_{error.field}", error.value, error.allowed) from None
         return cls(first, hires)
@@ -164,7 +153,8 @@ class ScriptArgs:
         else:
             parsed = DeepCacheParams.from_infotext(str(hires_text))
             hires = DeepCacheParams(enabled=True, interval=parsed.interval, depth=parsed.depth)
-        shared = {
-            k: getattr(first, k) for k in ("start", "end", "schedule", "threshold", "max_cached")
-        }
-        return cls(first, replace(hires, **shared))
+        return cls(first, replace(hires, **_shared_with_hires(first)))
+
+
+def _shared_with_hires(first: DeepCacheParams) -> dict[str, Any]:
+    return {name: getattr(first, name) for name in SHARED_WITH_HIRES}
