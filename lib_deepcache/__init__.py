@@ -4,9 +4,9 @@ Hosts build :class:`DeepCacheParams` from their UI/API/infotext and wrap each sa
 :class:`DeepCacheSession`; nothing else is needed from this package.
 """
 
+from .layout import UnsupportedUNetError
 from .params import DeepCacheParamError, DeepCacheParams
 from .session import DeepCacheSession, DeepCacheStats, SessionConflictError
-from .unet_ldm import UnsupportedUNetError
 
 __all__ = [
     "DeepCacheParamError",

@@ -28,9 +28,8 @@ import torch
 from .archs import ARCHS, sdpa_attention
 from .flops import count_block_flops, schedule_speedup, speed_limit
 from .harness import SAMPLERS, make_rig
-from .params import DeepCacheParams
+from .params import DeepCacheParams, effective_depth
 from .session import DeepCacheSession
-from .unet_ldm import LdmLayout
 
 DEFAULT_GRID = "2x0,2x1,2x2,3x0,3x1,3x2,5x0,5x1,5x2,5x0n"
 QUICK_GRID = "3x0,5x1n"
@@ -250,7 +249,6 @@ def run(args: argparse.Namespace) -> Report:
     sigmas = rig.sigmas(args.steps)
     grid = rig.timestep_grid(sigmas)
     counted = count_block_flops(rig.unet, (2, 4, args.size, args.size), (2, 77, rig.context_dim))
-    layout = LdmLayout.of(rig.unet)
     report = Report(
         settings={
             "arch": args.arch,
@@ -298,7 +296,7 @@ def run(args: argparse.Namespace) -> Report:
         progress.close()
     off = statistics.median(off_times)
     for i, row in enumerate(rows):
-        row.shallow_share = counted.shallow_share(min(row.depth, layout.num_blocks - 1), layout)
+        row.shallow_share = counted.shallow_share(effective_depth(row.depth, counted.num_blocks))
         row.flop_speedup = schedule_speedup(row.full_steps, row.cached_steps, row.shallow_share)
         row.limit = speed_limit(row.interval, row.shallow_share)
         row.unet_seconds_off = off

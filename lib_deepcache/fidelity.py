@@ -18,7 +18,6 @@ from .flops import count_block_flops, schedule_speedup
 from .harness import SAMPLERS, sd_alphas_cumprod
 from .params import DeepCacheParams
 from .session import DeepCacheSession, DeepCacheStats
-from .unet_ldm import LdmLayout
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class FixtureSampler:
         counted = count_block_flops(
             self.unet, (batch, 3, size, size), (batch, fixture.CONTEXT_TOKENS, 32)
         )
-        return counted.shallow_share(depth, LdmLayout.of(self.unet))
+        return counted.shallow_share(depth)
 
 
 def flop_speedup(stats: DeepCacheStats, shallow_share: float) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .unet_ldm import LdmLayout, block_name, blocks
+from .layout import layout_of, skipped_units, unit_name
 
 
 def meta_twin(module: torch.nn.Module) -> torch.nn.Module:
@@ -40,13 +40,45 @@ def meta_twin(module: torch.nn.Module) -> torch.nn.Module:
 
 @dataclass(frozen=True)
 class BlockFlops:
-    total: int
-    per_block: dict[str, int]
+    """FLOPs of one UNet call: the total and each unit's share (see :mod:`.layout`)."""
 
-    def shallow_share(self, depth: int, layout: LdmLayout) -> float:
+    total: int
+    per_unit: dict[str, int]
+    num_blocks: int
+
+    def shallow_share(self, depth: int) -> float:
         """``f_b``: FLOPs of a cached pass at this depth over FLOPs of a full pass."""
-        skipped = sum(self.per_block[block_name(r, i)] for r, i in layout.skipped_blocks(depth))
+        skipped = sum(self.per_unit.get(name, 0) for name in skipped_units(self.num_blocks, depth))
         return (self.total - skipped) / self.total
+
+
+def count_unit_flops(unet: torch.nn.Module, args: tuple, kwargs: dict) -> BlockFlops:
+    """Run a ``meta`` twin once on these (``meta``) arguments; attribute FLOPs to each unit."""
+    twin = meta_twin(unet)
+    layout = layout_of(twin)
+    names = {id(site.module): unit_name(site.role, site.first) for site in layout.leaves()}
+    per_unit: dict[str, int] = {}
+    counter = FlopCounterMode(display=False)
+    starts: dict[int, int] = {}
+
+    def before(module, args):
+        starts[id(module)] = _total(counter)
+
+    def after(module, args, output):
+        name = names[id(module)]
+        per_unit[name] = per_unit.get(name, 0) + _total(counter) - starts.pop(id(module))
+
+    handles = []
+    for site in layout.leaves():
+        handles.append(site.module.register_forward_pre_hook(before))
+        handles.append(site.module.register_forward_hook(after))
+    try:
+        with torch.no_grad(), counter:
+            twin(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return BlockFlops(total=_total(counter), per_unit=per_unit, num_blocks=layout.num_blocks)
 
 
 def count_block_flops(
@@ -56,37 +88,13 @@ def count_block_flops(
     y_shape: tuple[int, ...] | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> BlockFlops:
-    """Run the twin once with inputs of these shapes and attribute FLOPs to each block."""
-    twin = meta_twin(unet)
-    names = {id(m): block_name(role, i) for role, i, m in blocks(twin)}
-    per_block: dict[str, int] = {}
-    counter = FlopCounterMode(display=False)
-
-    batch = x_shape[0]
+    """:func:`count_unit_flops` for an ldm ``UNetModel`` called with inputs of these shapes."""
     x = torch.empty(x_shape, device="meta", dtype=dtype)
-    t = torch.empty((batch,), device="meta", dtype=torch.float32)
+    t = torch.empty((x_shape[0],), device="meta", dtype=torch.float32)
     kwargs = {"context": _meta(context_shape, dtype)}
     if y_shape is not None:
         kwargs["y"] = _meta(y_shape, dtype)
-    starts: dict[int, int] = {}
-
-    def before(module, args):
-        starts[id(module)] = _total(counter)
-
-    def after(module, args, output):
-        per_block[names[id(module)]] = _total(counter) - starts.pop(id(module))
-
-    handles = []
-    for _, _, module in blocks(twin):
-        handles.append(module.register_forward_pre_hook(before))
-        handles.append(module.register_forward_hook(after))
-    try:
-        with torch.no_grad(), counter:
-            twin(x, t, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return BlockFlops(total=_total(counter), per_block=per_block)
+    return count_unit_flops(unet, (x, t), kwargs)
 
 
 def _meta(shape: tuple[int, ...] | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -1,14 +1,16 @@
 """The session: the one owner of every patch DeepCache applies to a UNet.
 
-``with DeepCacheSession(unet, params, total_steps):`` wraps the UNet's blocks and registers a
-pre-hook on the UNet itself; leaving the block (normally, by exception or by
-``KeyboardInterrupt``) removes them all and frees the cache. Nothing replaces the UNet's own
-``forward``, so a foreign forward (ControlNet's) keeps running and our block wrappers inside it
-do the caching.
+``with DeepCacheSession(unet, params, total_steps):`` wraps the UNet's blocks and layers (the
+sites of its :class:`UNetLayout`) and registers a pre-hook on the UNet itself; leaving the block
+(normally, by exception or by ``KeyboardInterrupt``) removes them all and frees the cache.
+Hosts that hand over each UNet call (Forge's model-function wrapper) use :meth:`attached`
+instead: the wrappers are in place only during the call, the session's state lives on. Nothing
+replaces the UNet's own ``forward``, so a foreign forward (ControlNet's) keeps running, and so do
+its residual pops: skipped blocks return correctly shaped zeros.
 
 Per UNet call: the pre-hook reads the timestep and asks the :class:`StepClock` which step it is;
-the schedule says full or cached for that step. Per pass through the blocks (a pass starts at
-``input_blocks[0]``): the pass takes the next call slot of the step and looks its feature up in
+the schedule says full or cached for that step. Per pass through the blocks (a pass starts at the
+first input unit): the pass takes the next call slot of the step and looks its feature up in
 the :class:`FeatureCache`; a miss runs fully and refreshes the slot.
 """
 
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -26,16 +29,17 @@ import torch
 from . import schedule
 from .cache import CacheEntry, FeatureCache, key_of
 from .clock import StepClock, Tick
-from .flops import BlockFlops, count_block_flops
+from .flops import BlockFlops, count_unit_flops
+from .layout import Role, Site, UNetLayout, layout_of
 from .params import DeepCacheParams, effective_depth
 from .patches import Forward, PatchSet, WrapperFactory
-from .unet_ldm import LdmLayout, Role, blocks
+from .shapes import CallRecord, OutputShapes, first_tensor, replace_first_tensor
 
 logger = logging.getLogger("deepcache")
 
 # UNets with a session open; a second session on the same UNet would double-wrap its blocks.
 _ACTIVE: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
-_FLOP_MEMO: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[Any, ...], BlockFlops]] = (
+_FLOP_MEMO: weakref.WeakKeyDictionary[torch.nn.Module, dict[Any, BlockFlops]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -91,7 +95,7 @@ class _Pass:
     store: bool = False
     entry: CacheEntry | None = None
     skip_channels: int | None = None
-    skipped_shapes: dict[tuple[str, int], torch.Size] = field(default_factory=dict)
+    skipped_shapes: dict[str, OutputShapes] = field(default_factory=dict)
 
 
 class DeepCacheSession:
@@ -114,17 +118,17 @@ class DeepCacheSession:
         self.unet = unet
         self.params = params
         self.total_steps = total_steps
-        self.layout = LdmLayout.of(unet) if params.enabled else None
+        self.layout = layout_of(unet) if params.enabled else None
         self.depth = effective_depth(params.depth, self.layout.num_blocks) if self.layout else 0
         if self.layout and self.depth != params.depth:
             logger.info(
-                "DeepCache: depth %d clamped to %d for a UNet with %d input blocks",
+                "DeepCache: depth %d clamped to %d for a UNet with %d skip connections",
                 params.depth,
                 self.depth,
                 self.layout.num_blocks,
             )
         self.stats = DeepCacheStats(depth=self.depth)
-        self._layout = self.layout or LdmLayout(num_blocks=0)
+        self._layout = self.layout or UNetLayout("none", 0, ())
         self._clock = StepClock(timestep_grid)
         self._cache = FeatureCache()
         self._patches = PatchSet()
@@ -144,7 +148,7 @@ class DeepCacheSession:
         self._slot = 0
         self._pass: _Pass | None = None
         self._last_cached = schedule.last_cached_step(params, total_steps)
-        self._call_shapes: tuple[Any, ...] | None = None
+        self._call: CallRecord | None = None
         self._warned_overflow = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -154,6 +158,45 @@ class DeepCacheSession:
         if self._active:
             self._nesting += 1
             return self
+        self._attach()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._nesting:
+            self._nesting -= 1
+            return
+        self.close()
+
+    def close(self) -> None:
+        """Remove everything now, however often entered; safe to call any number of times."""
+        self._nesting = 0
+        if self._closed:
+            return
+        self._detach()
+        self._closed = True
+        self._skip_at_refresh = None
+        self._cache.clear()
+        if self.params.enabled:
+            logger.info("DeepCache: %s", self.stats.summary())
+
+    @contextmanager
+    def attached(self) -> Iterator[DeepCacheSession]:
+        """Wrap the UNet for the duration of one host call, keeping the session's state (step
+        clock, cache, statistics) between calls; the UNet is untouched outside them."""
+        if not self.params.enabled or self._active:
+            yield self
+            return
+        self._attach()
+        try:
+            yield self
+        finally:
+            self._detach()
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def _attach(self) -> None:
         if self._closed:
             raise RuntimeError("a DeepCache session cannot be reopened; create a new one")
         if self.unet in _ACTIVE:
@@ -163,47 +206,24 @@ class DeepCacheSession:
         _ACTIVE.add(self.unet)
         self._active = True
         try:
-            self._install()
+            self._patches.add_handle(
+                self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True)
+            )
+            for site in self._layout.sites:
+                self._patches.wrap_forward(site.module, self._wrapper_factory(site))
         except BaseException:
-            self._uninstall()
+            self._detach()
             raise
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        if self._nesting:
-            self._nesting -= 1
-            return
-        self._uninstall()
-
-    def close(self) -> None:
-        """Remove everything now, however often entered; safe to call any number of times."""
-        self._nesting = 0
-        self._uninstall()
-
-    @property
-    def active(self) -> bool:
-        return self._active
-
-    def _install(self) -> None:
-        self._patches.add_handle(
-            self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True)
-        )
-        for role, index, module in blocks(self.unet):
-            self._patches.wrap_forward(module, self._wrapper_factory(role, index))
-
-    def _uninstall(self) -> None:
+    def _detach(self) -> None:
         if not self._active:
             return
         self._active = False
-        self._closed = True
         try:
             self._patches.remove_all()
         finally:
             self._pass = None
-            self._skip_at_refresh = None
-            self._cache.clear()
             _ACTIVE.discard(self.unet)
-            logger.info("DeepCache: %s", self.stats.summary())
 
     # ----------------------------------------------------------------- host inputs
     def set_step(self, step: int) -> None:
@@ -226,12 +246,13 @@ class DeepCacheSession:
     def _on_unet_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if not self._active:
             return None
-        if self._call_shapes is None and args:
-            self._call_shapes = _call_shapes(args, kwargs)
+        self._pass = None
+        if self._call is None and args:
+            self._call = CallRecord.of(args, kwargs)
         if self._host_step is not None:
             self._on_tick(self._clock.observe_index(self._host_step))
             return None
-        timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
+        timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps", kwargs.get("timestep"))
         value = _read_timestep(timesteps)
         if value is None:
             self._announced = False
@@ -320,52 +341,57 @@ class DeepCacheSession:
             p.mode = _Mode.CACHED
             self.stats.cached_passes += 1
 
-    # ----------------------------------------------------------------- per block
-    def _wrapper_factory(self, role: Role, index: int) -> WrapperFactory:
+    # ----------------------------------------------------------------- per site
+    def _wrapper_factory(self, site: Site) -> WrapperFactory:
         def make(previous: Forward) -> Forward:
             def deepcache_block(*args: Any, **kwargs: Any) -> Any:
                 if not self._active:
                     return previous(*args, **kwargs)
-                return self._run_block(role, index, previous, args, kwargs)
+                return self._run_site(site, previous, args, kwargs)
 
             return deepcache_block
 
         return make
 
-    def _run_block(
-        self, role: Role, index: int, previous: Forward, args: tuple, kwargs: dict
-    ) -> Any:
-        h = args[0] if args else kwargs.get("x")
-        if role is Role.INPUT and index == 0:
-            self._pass = self._begin_pass(h)
+    def _run_site(self, site: Site, previous: Forward, args: tuple, kwargs: dict) -> Any:
+        if site.head and site.role is Role.INPUT and site.first == 0 and not site.group:
+            self._pass = self._begin_pass(first_tensor(args, kwargs))
         p = self._pass
         if p is None or p.mode is _Mode.PASS_THROUGH:
             return previous(*args, **kwargs)
 
         layout, depth = self._layout, self.depth
-        skipped = layout.is_skipped(role, index, depth)
-        at_boundary = role is Role.OUTPUT and index == layout.boundary(depth)
-
+        skipped = layout.site_skipped(site, depth)
         if p.mode is _Mode.UNDECIDED and skipped:
             raise RuntimeError("DeepCache: a deep block ran before the adaptive decision")
-        if p.mode is _Mode.CACHED:
-            if skipped:
-                return h.new_zeros(p.entry.skipped_shapes[(role.value, index)])
-            if at_boundary:
-                args, kwargs = _with_first(args, kwargs, self._splice(p, h))
-        elif at_boundary and p.store:
-            self._store(p, h)
+        if p.mode is _Mode.CACHED and skipped:
+            shapes = p.entry.skipped_shapes.get(site.name)
+            # a site the full pass never reached runs: its output only feeds skipped sites
+            return previous(*args, **kwargs) if shapes is None else shapes.zeros()
+        if site.group:
+            out = previous(*args, **kwargs)
+            if skipped and p.store and p.mode is _Mode.FULL:
+                p.skipped_shapes[site.name] = OutputShapes.of(out)
+            return out
+
+        if site.head and site.role is Role.OUTPUT and site.first == layout.boundary(depth):
+            if p.mode is _Mode.CACHED:
+                joined = self._splice(p, first_tensor(args, kwargs))
+                args, kwargs = replace_first_tensor(args, kwargs, joined)
+            elif p.store:
+                self._store(p, first_tensor(args, kwargs))
 
         out = previous(*args, **kwargs)
-        if role is Role.INPUT and index == depth:
-            p.skip_channels = out.shape[1]
+        if site.tail and site.role is Role.INPUT and site.first == depth:
+            skip = first_tensor((out,), {})
+            p.skip_channels = skip.shape[1]
             if p.mode is _Mode.UNDECIDED:
-                self._decide_adaptively(p, out)
+                self._decide_adaptively(p, skip)
             if self._adaptive and p.mode is _Mode.FULL and p.slot == 0:
-                self._skip_at_refresh = out.detach().clone()
+                self._skip_at_refresh = skip.detach().clone()
         elif skipped and p.store and p.mode is _Mode.FULL:
-            p.skipped_shapes[(role.value, index)] = out.shape
-        if role is Role.OUTPUT and index == layout.num_blocks - 1:
+            p.skipped_shapes[site.name] = OutputShapes.of(out)
+        if site.tail and site.role is Role.OUTPUT and site.first == layout.num_blocks - 1:
             self._pass = None
         return out
 
@@ -392,19 +418,17 @@ class DeepCacheSession:
         memoised), so hosts call it when they want the figure, never on the sampling path.
         Returns the stats; ``shallow_share`` stays None if the UNet cannot run on ``meta``.
         """
-        if self._call_shapes is None or self.layout is None:
+        if self._call is None or self.layout is None:
             return self.stats
         counted = _FLOP_MEMO.setdefault(self.unet, {})
-        if self._call_shapes not in counted:
-            x_shape, context_shape, y_shape, dtype = self._call_shapes
+        if self._call.key not in counted:
+            args, kwargs = self._call.on_meta()
             try:
-                counted[self._call_shapes] = count_block_flops(
-                    self.unet, x_shape, context_shape, y_shape, dtype
-                )
+                counted[self._call.key] = count_unit_flops(self.unet, args, kwargs)
             except Exception as error:  # e.g. a host attention kernel with no meta support
                 logger.warning("DeepCache: cannot count UNet FLOPs: %s", error)
                 return self.stats
-        share = counted[self._call_shapes].shallow_share(self.depth, self._layout)
+        share = counted[self._call.key].shallow_share(self.depth)
         self.stats = replace(self.stats, shallow_share=share)
         return self.stats
 
@@ -415,21 +439,3 @@ def _read_timestep(timesteps: Any) -> float | None:
     if not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0 or timesteps.is_meta:
         return None
     return float(timesteps.reshape(-1)[0].item())
-
-
-def _call_shapes(args: tuple, kwargs: dict) -> tuple[Any, ...]:
-    x = args[0]
-    context = args[2] if len(args) > 2 else kwargs.get("context")
-    y = args[3] if len(args) > 3 else kwargs.get("y")
-    return (
-        tuple(x.shape),
-        tuple(context.shape) if isinstance(context, torch.Tensor) else None,
-        tuple(y.shape) if isinstance(y, torch.Tensor) else None,
-        x.dtype,
-    )
-
-
-def _with_first(args: tuple, kwargs: dict, value: torch.Tensor) -> tuple[tuple, dict]:
-    if args:
-        return (value, *args[1:]), kwargs
-    return args, {**kwargs, "x": value}

@@ -16,6 +16,7 @@ from modules import script_callbacks, scripts, sd_samplers_common, shared
 
 from lib_deepcache import api_guard
 from lib_deepcache.generation import GenerationRun, PassPlan
+from lib_deepcache.layout import UnsupportedUNetError
 from lib_deepcache.params import MAX_DEPTH, SCHEDULES, DeepCacheParamError
 from lib_deepcache.script_args import (
     ARG_NAMES,
@@ -25,7 +26,6 @@ from lib_deepcache.script_args import (
     ScriptArgs,
 )
 from lib_deepcache.session import SessionConflictError
-from lib_deepcache.unet_ldm import UnsupportedUNetError
 
 logger = logging.getLogger("deepcache")
 

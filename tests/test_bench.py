@@ -11,7 +11,6 @@ from lib_deepcache import bench, schedule
 from lib_deepcache.archs import build_unet
 from lib_deepcache.flops import count_block_flops, speed_limit
 from lib_deepcache.params import DeepCacheParamError, DeepCacheParams
-from lib_deepcache.unet_ldm import LdmLayout
 
 
 def test_quick_bench_writes_a_consistent_report(tmp_path, capsys):
@@ -41,7 +40,7 @@ def test_quick_bench_writes_a_consistent_report(tmp_path, capsys):
 def test_sd15_flop_speedup_over_30_steps_is_within_2_percent_of_the_limit(interval, depth):
     unet = build_unet("sd15", device="meta")
     counted = count_block_flops(unet, (2, 4, 16, 16), (2, 77, 768))
-    share = counted.shallow_share(depth, LdmLayout.of(unet))
+    share = counted.shallow_share(depth)
     params = DeepCacheParams(True, interval, depth)
     full = len(schedule.full_steps(params, 30))
     speedup = 30 / (full + (30 - full) * share)

@@ -14,7 +14,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from lib_deepcache import DeepCacheParams, DeepCacheSession
 from lib_deepcache.archs import build_unet
 from lib_deepcache.flops import count_block_flops, speed_limit
-from lib_deepcache.unet_ldm import LdmLayout
 
 
 def count(fn) -> int:
@@ -49,14 +48,13 @@ def test_cached_pass_costs_the_shallow_share_at_sd15_512px(sd15_meta, depth, lim
     ratio = cached / full
     assert ratio <= limit
     counted = count_block_flops(sd15_meta, tuple(x.shape), tuple(context.shape))
-    share = counted.shallow_share(depth, LdmLayout.of(sd15_meta))
+    share = counted.shallow_share(depth)
     assert ratio == pytest.approx(share, rel=1e-6)
 
 
 def test_sd15_shallow_shares_match_the_field_measurements(sd15_meta):
     counted = count_block_flops(sd15_meta, (2, 4, 64, 64), (2, 77, 768))
-    layout = LdmLayout.of(sd15_meta)
-    shares = [counted.shallow_share(d, layout) for d in range(4)]
+    shares = [counted.shallow_share(d) for d in range(4)]
     assert shares == pytest.approx([0.0787, 0.224, 0.380, 0.470], abs=0.002)
     assert speed_limit(3, shares[0]) == pytest.approx(2.59, abs=0.01)
     assert speed_limit(5, shares[0]) == pytest.approx(3.80, abs=0.01)
