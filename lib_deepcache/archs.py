@@ -9,7 +9,11 @@ projections. It differs from the real sgm SDXL UNet in: one transformer per atte
 instead of [0, 2, 10], no ``label_emb`` for the pooled-text/size vector (``y``), context width
 taken from ``context_dim`` below. The hooked structure (blocks, skips, concatenations) is the same.
 
-Importing this module needs the ``ldm`` package (stable-diffusion-sdkit); the engine does not.
+:func:`build_diffusers_unet` builds diffusers ``UNet2DConditionModel``s (SD.Next's UNet) from
+the SD1.5 and SDXL configs, the SDXL one complete (transformer depths [1, 2, 10], text-time
+added conditioning).
+
+Building needs the ``ldm`` package (stable-diffusion-sdkit) or ``diffusers``; the engine does not.
 """
 
 from __future__ import annotations
@@ -111,6 +115,76 @@ def build_unet(
     unet = unet.to(dtype).eval().requires_grad_(False)
     unet.dtype = dtype  # ldm casts its input to this; the WebUI sets it for half precision too
     return unet
+
+
+DIFFUSERS_ARCHS: dict[str, dict[str, Any]] = {
+    "sd15": dict(
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    ),
+    "sdxl": dict(
+        block_out_channels=(320, 640, 1280),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    ),
+}
+
+# SDXL's added conditioning: pooled text embedding width, six size/crop numbers per image.
+SDXL_TEXT_EMBEDS = 1280
+
+
+def diffusers_unet_config(arch: str, width: int | None = None) -> dict[str, Any]:
+    """The diffusers config of ``arch``; ``width`` replaces the 320 base channels and shrinks
+    the context, heads (64-channel at full size) and SDXL's transformer depths with it."""
+    if arch not in DIFFUSERS_ARCHS:
+        raise ValueError(
+            f"unknown diffusers arch {arch!r}; choose from {', '.join(DIFFUSERS_ARCHS)}"
+        )
+    config = dict(DIFFUSERS_ARCHS[arch], in_channels=4, out_channels=4, layers_per_block=2)
+    if width is None:
+        return config
+    channels = tuple(c * width // 320 for c in config["block_out_channels"])
+    config["block_out_channels"] = channels
+    config["cross_attention_dim"] = max(8, config["cross_attention_dim"] * width // 320)
+    if arch == "sdxl":
+        config["attention_head_dim"] = tuple(max(1, c // 16) for c in channels)
+        config["transformer_layers_per_block"] = (1, 1, 2)
+        config["addition_time_embed_dim"] = 8
+        config["projection_class_embeddings_input_dim"] = sdxl_text_embeds(width) + 6 * 8
+    else:
+        config["attention_head_dim"] = 4
+    return config
+
+
+def sdxl_text_embeds(width: int | None) -> int:
+    return SDXL_TEXT_EMBEDS if width is None else max(8, SDXL_TEXT_EMBEDS * width // 320)
+
+
+def build_diffusers_unet(
+    arch: str = "sd15",
+    width: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """A seeded diffusers ``UNet2DConditionModel``; on ``meta`` nothing is allocated."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**diffusers_unet_config(arch, width))
+    if torch.device(device).type != "meta":
+        _reseed_zero_init(unet, seed)
+    return unet.eval().requires_grad_(False)
 
 
 def _reseed_zero_init(unet: torch.nn.Module, seed: int) -> None:
