@@ -5,7 +5,8 @@ refiner may swap the UNet in the middle of a pass. Each pass gets a fresh
 :class:`DeepCacheSession` with the pass's own parameters and executed step count; a model swap
 closes the old UNet's session and opens one on the new UNet for the rest of the pass. The
 host adapter calls :meth:`begin_pass`, :meth:`follow_unet` and :meth:`close`; it holds no
-caching logic itself.
+caching logic itself. Hosts that route each UNet call through a wrapper of theirs (Forge's
+patcher) take the session unattached and attach it per call (:mod:`.unet_patcher`).
 """
 
 from __future__ import annotations
@@ -45,30 +46,45 @@ class PassRecord:
     def cached_steps(self) -> int:
         return sum(s.cached_steps for s in self.stats)
 
+    @property
+    def ran(self) -> bool:
+        return self.full_steps + self.cached_steps > 0
+
 
 class GenerationRun:
     def __init__(self) -> None:
         self._session: DeepCacheSession | None = None
         self._plan: PassPlan | None = None
+        self._per_call = False
         self.passes: list[PassRecord] = []
 
     @property
     def session(self) -> DeepCacheSession | None:
         return self._session
 
-    def begin_pass(self, unet: torch.nn.Module, plan: PassPlan) -> None:
-        """Close the previous pass's session and, if enabled, hook ``unet`` for this pass."""
+    def begin_pass(
+        self, unet: torch.nn.Module, plan: PassPlan, attach: bool = True
+    ) -> DeepCacheSession | None:
+        """Close the previous pass's session and, if enabled, open one on ``unet`` for this pass
+        (hooked now, or left for the host to attach per call when ``attach`` is False).
+
+        A pass begun again before the UNet ran (Forge calls its hook twice before the hires
+        pass) replaces its empty record instead of adding a second one.
+        """
         self._close_session()
         self._plan = plan
+        self._per_call = not attach
+        if self.passes and self.passes[-1].name == plan.name and not self.passes[-1].ran:
+            self.passes.pop()
         if not plan.params.enabled:
-            return
+            return None
         self.passes.append(PassRecord(plan.name, []))
-        self._open(unet, plan)
+        return self._open(unet, plan, attach)
 
     def follow_unet(self, unet: torch.nn.Module) -> None:
         """The host's model changed mid-pass (refiner): move the hooks to the new UNet."""
         session, plan = self._session, self._plan
-        if session is None or plan is None or session.unet is unet:
+        if session is None or plan is None or session.unet is unet or self._per_call:
             return
         logger.info("DeepCache: the model changed mid-pass; hooking the new UNet")
         self._close_session()
@@ -87,10 +103,12 @@ class GenerationRun:
             parts.append(text if len(self.passes) == 1 else f"{record.name} {text}")
         return "; ".join(parts)
 
-    def _open(self, unet: torch.nn.Module, plan: PassPlan) -> None:
+    def _open(self, unet: torch.nn.Module, plan: PassPlan, attach: bool) -> DeepCacheSession:
         session = DeepCacheSession(unet, plan.params, plan.total_steps, plan.timestep_grid)
-        session.__enter__()
+        if attach:
+            session.__enter__()
         self._session = session
+        return session
 
     def _close_session(self) -> None:
         session, self._session = self._session, None

@@ -90,6 +90,11 @@ def layout_of(unet: torch.nn.Module) -> UNetLayout:
     from .unet_diffusers import diffusers_layout
     from .unet_ldm import ldm_layout
 
+    if isinstance(getattr(unet, "_orig_mod", None), torch.nn.Module):
+        raise UnsupportedUNetError(
+            "the UNet is compiled with torch.compile: its graph never calls the Python blocks"
+            " DeepCache wraps; turn model compilation off to use DeepCache"
+        )
     for build in (ldm_layout, diffusers_layout):
         layout = build(unet)
         if layout is not None:

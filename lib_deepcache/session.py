@@ -244,21 +244,23 @@ class DeepCacheSession:
 
     # ----------------------------------------------------------------- per UNet call
     def _on_unet_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if not self._active:
-            return None
+        if self._active:
+            self.observe_call(args, kwargs)
+
+    def observe_call(self, args: tuple, kwargs: dict) -> None:
+        """Take in one UNet call's arguments (the session's pre-hook does this for every call;
+        a host that opened the session inside a call hands that call over itself)."""
         self._pass = None
         if self._call is None and args:
             self._call = CallRecord.of(args, kwargs)
         if self._host_step is not None:
             self._on_tick(self._clock.observe_index(self._host_step))
-            return None
-        timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps", kwargs.get("timestep"))
-        value = _read_timestep(timesteps)
+            return
+        value = read_timestep(args, kwargs)
         if value is None:
             self._announced = False
-            return None
+            return
         self._on_tick(self._clock.observe(value))
-        return None
 
     def _on_tick(self, tick: Tick) -> None:
         self._announced = True
@@ -433,7 +435,9 @@ class DeepCacheSession:
         return self.stats
 
 
-def _read_timestep(timesteps: Any) -> float | None:
+def read_timestep(args: tuple, kwargs: dict) -> float | None:
+    """The timestep of a UNet call (ldm ``timesteps``, diffusers ``timestep``), if readable."""
+    timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps", kwargs.get("timestep"))
     if isinstance(timesteps, (int, float)):
         return float(timesteps)
     if not isinstance(timesteps, torch.Tensor) or timesteps.numel() == 0 or timesteps.is_meta:

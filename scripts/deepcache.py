@@ -1,23 +1,38 @@
-"""DeepCache for AUTOMATIC1111: the accordion, infotext, API guard and X/Y/Z axes.
+"""DeepCache for AUTOMATIC1111, Forge and SD.Next: the accordion, infotext, API guard and X/Y/Z
+axes, and how each host's passes reach the engine.
 
 A thin adapter: it turns the host's controls, API args and processing object into
 :class:`ScriptArgs` and :class:`PassPlan`s and hands them to :class:`GenerationRun`
 (``lib_deepcache``), which owns every hook on the UNet. The WebUI puts this extension's folder on
 ``sys.path`` while it imports this file, so ``lib_deepcache`` is imported at the top.
+
+Hosts, told apart by the model object they sample with:
+
+* AUTOMATIC1111 (ldm/sgm ``UNetModel`` at ``sd_model.model.diffusion_model``): the UNet is hooked
+  per pass in ``process_before_every_sampling`` (1.10+) or ``process_batch``/``before_hr``.
+* Forge (``sd_model.forge_objects.unet``, a UNet patcher): per pass, the patcher is cloned with
+  DeepCache's model-function wrapper in ``process_before_every_sampling``.
+* SD.Next (a diffusers pipeline with ``unet``): no hook between passes, so a watcher installed in
+  ``process_batch`` opens a session at the start of each pipeline pass.
+* Anything else: said once in the console and in every image's infotext; generation runs
+  uncached.
 """
 
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import Any
 
 import gradio as gr
+import torch
 from modules import script_callbacks, scripts, sd_samplers_common, shared
 
 from lib_deepcache import api_guard
 from lib_deepcache.generation import GenerationRun, PassPlan
-from lib_deepcache.layout import UnsupportedUNetError
+from lib_deepcache.layout import UnsupportedUNetError, layout_of
 from lib_deepcache.params import MAX_DEPTH, SCHEDULES, DeepCacheParamError
+from lib_deepcache.pipeline import PassWatcher, scheduler_steps
 from lib_deepcache.script_args import (
     ARG_NAMES,
     INFOTEXT_HIRES_KEY,
@@ -26,6 +41,7 @@ from lib_deepcache.script_args import (
     ScriptArgs,
 )
 from lib_deepcache.session import SessionConflictError
+from lib_deepcache.unet_patcher import diffusion_model_of, patch_unet_patcher
 
 logger = logging.getLogger("deepcache")
 
@@ -34,11 +50,35 @@ ERROR_KEY = "DeepCache error"
 
 # The WebUI runs one generation at a time; this is it (None when idle).
 _run: GenerationRun | None = None
+_watcher: PassWatcher | None = None
+# Unsupported-model messages already printed to the console (each is printed once).
+_reported: set[str] = set()
+
+
+class Host(Enum):
+    A1111 = "AUTOMATIC1111"
+    FORGE = "Forge"
+    SDNEXT = "SD.Next"
+    UNKNOWN = "unknown"
+
+
+def detect_host(model: Any) -> Host:
+    """Which WebUI's model object this is; the same extension runs on all three."""
+    if getattr(model, "forge_objects", None) is not None:
+        return Host.FORGE
+    if hasattr(getattr(model, "model", None), "diffusion_model"):
+        return Host.A1111
+    if isinstance(getattr(model, "unet", None), torch.nn.Module):
+        return Host.SDNEXT
+    return Host.UNKNOWN
 
 
 def _close_run() -> GenerationRun | None:
-    global _run
+    global _run, _watcher
     run, _run = _run, None
+    watcher, _watcher = _watcher, None
+    if watcher is not None:
+        watcher.remove()
     if run is not None:
         run.close()
     return run
@@ -80,22 +120,50 @@ def _pass_plan(p: Any, args: ScriptArgs) -> PassPlan:
 def _timestep_grid(p: Any, steps: int, t_enc: int | None) -> list[float] | None:
     """The UNet timesteps at which the k-diffusion sampler's steps start, or None if unknown.
 
-    Computed with the sampler's own sigma schedule and sigma-to-timestep conversion, so the
-    midpoint evaluations of DPM2 / DPM++ 2S / DPM++ SDE are recognised inside their step.
+    Computed with the sampler's own sigma schedule and sigma-to-timestep conversion (A1111's
+    k-diffusion wrapper has ``sigma_to_t``; Forge's predictor, like ComfyUI's model sampling,
+    has ``timestep``), so the midpoint evaluations of DPM2 / DPM++ 2S / DPM++ SDE are recognised
+    inside their step.
     """
     sampler = getattr(p, "sampler", None)
-    wrap = getattr(getattr(sampler, "model_wrap_cfg", None), "inner_model", None)
-    wrap = wrap or getattr(sampler, "model_wrap", None)
-    if not hasattr(sampler, "get_sigmas") or not hasattr(wrap, "sigma_to_t"):
+    if not hasattr(sampler, "get_sigmas"):
+        return None
+    to_timestep = _sigma_to_timestep(p, sampler)
+    if to_timestep is None:
         return None
     try:
         sigmas = sampler.get_sigmas(p, steps)
         if t_enc is not None:
             sigmas = sigmas[steps - t_enc - 1 :]
-        return [float(t) for t in wrap.sigma_to_t(sigmas[:-1].to(wrap.sigmas.device))]
+        return [float(t) for t in to_timestep(sigmas[:-1])]
     except Exception as error:  # an unusual scheduler: fall back to timestep-only detection
         logger.debug("DeepCache: no timestep grid for this sampler: %s", error)
         return None
+
+
+def _sigma_to_timestep(p: Any, sampler: Any) -> Any:
+    wrap = getattr(getattr(sampler, "model_wrap_cfg", None), "inner_model", None)
+    wrap = wrap or getattr(sampler, "model_wrap", None)
+    if hasattr(wrap, "sigma_to_t"):
+        return lambda sigmas: wrap.sigma_to_t(sigmas.to(wrap.sigmas.device))
+    forge_objects = getattr(p.sd_model, "forge_objects", None)
+    predictor = getattr(
+        getattr(getattr(forge_objects, "unet", None), "model", None), "predictor", None
+    )
+    if hasattr(predictor, "timestep"):
+        return predictor.timestep
+    return None
+
+
+def _diffusers_pass_plan(p: Any, args: ScriptArgs) -> PassPlan | None:
+    """SD.Next: the plan of the pipeline pass starting now (None for its refiner pass, whose
+    UNet is another model)."""
+    if getattr(p, "is_refiner_pass", False):
+        return None
+    hires = bool(getattr(p, "is_hr_pass", False))
+    steps, grid = scheduler_steps(shared.sd_model.scheduler)
+    params = args.hires_pass() if hires else args.first
+    return PassPlan("hires" if hires else "first pass", params, steps, grid)
 
 
 class DeepCacheScript(scripts.Script):
@@ -190,7 +258,9 @@ class DeepCacheScript(scripts.Script):
             _run = GenerationRun()
 
     def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
-        if not _host_has_per_pass_hook():
+        if _run is not None and detect_host(p.sd_model) is Host.SDNEXT:
+            self._watch_pipeline(p)
+        elif not _host_has_per_pass_hook():
             self._begin_pass(p)
 
     def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
@@ -213,7 +283,15 @@ class DeepCacheScript(scripts.Script):
         if run is None:
             return
         try:
-            run.begin_pass(_current_unet(), _pass_plan(p, p.deepcache_args))
+            host = detect_host(p.sd_model)
+            if host is Host.FORGE:
+                _begin_forge_pass(run, p)
+            elif host is Host.A1111:
+                run.begin_pass(_current_unet(), _pass_plan(p, p.deepcache_args))
+            elif host is not Host.SDNEXT:  # SD.Next's passes are handled by the watcher
+                raise UnsupportedUNetError(
+                    f"{type(p.sd_model).__name__} is not a model of AUTOMATIC1111, Forge or SD.Next"
+                )
         except SessionConflictError:
             _close_run()
             p.extra_generation_params[ERROR_KEY] = "another DeepCache copy is already active"
@@ -221,9 +299,38 @@ class DeepCacheScript(scripts.Script):
                 "DeepCache: another copy of the extension hooks this UNet; this one stays off"
             )
         except UnsupportedUNetError as error:
-            _close_run()
-            p.extra_generation_params[ERROR_KEY] = f"unsupported model ({error})"
-            logger.warning("DeepCache: %s; generating without DeepCache", error)
+            _report_unsupported(p, error)
+
+    def _watch_pipeline(self, p: Any) -> None:
+        global _watcher
+        unet = shared.sd_model.unet
+        try:
+            layout_of(unet)
+        except UnsupportedUNetError as error:
+            _report_unsupported(p, error)
+            return
+        _watcher = PassWatcher(_run, unet, lambda: _diffusers_pass_plan(p, p.deepcache_args))
+
+
+def _begin_forge_pass(run: GenerationRun, p: Any) -> None:
+    """Forge: a fresh patcher clone per pass carries the session; Forge drops it afterwards."""
+    forge_objects = p.sd_model.forge_objects
+    patcher = forge_objects.unet
+    session = run.begin_pass(
+        diffusion_model_of(patcher), _pass_plan(p, p.deepcache_args), attach=False
+    )
+    if session is not None:
+        forge_objects.unet = patch_unet_patcher(patcher, session)
+
+
+def _report_unsupported(p: Any, error: Exception) -> None:
+    """Unknown host or model: once in the console, in every image's infotext, no caching."""
+    _close_run()
+    message = f"unsupported model ({error})"
+    p.extra_generation_params[ERROR_KEY] = message
+    if message not in _reported:
+        _reported.add(message)
+        logger.warning("DeepCache: %s; generating without DeepCache", message)
 
 
 def _unhook_on_close(p: Any) -> None:

