@@ -88,7 +88,7 @@ class GenerationRun:
             return
         logger.info("DeepCache: the model changed mid-pass; hooking the new UNet")
         self._close_session()
-        self._open(unet, plan)
+        self._open(unet, plan, attach=True)
 
     def close(self) -> None:
         """Remove every hook; safe to call any number of times, also after errors."""

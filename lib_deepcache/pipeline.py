@@ -6,7 +6,8 @@ at the first UNet call, and whenever the UNet's timestep rises again (a new pipe
 from high noise). At that moment the watcher asks the host for the pass's plan and opens a fresh
 session for it through :class:`GenerationRun`; the session's own step clock takes over from
 there. The executed steps and the timestep grid come from the pipeline's scheduler, which the
-pipeline has set up before its first UNet call.
+pipeline has set up before its first UNet call, read from the timestep the pass starts at (an
+img2img pass starts part-way down the schedule, and not every scheduler records where).
 """
 
 from __future__ import annotations
@@ -18,37 +19,38 @@ from typing import Any
 
 import torch
 
+from .clock import same_timestep
 from .generation import GenerationRun, PassPlan
 from .session import read_timestep
 
 logger = logging.getLogger("deepcache")
 
 
-def scheduler_steps(scheduler: Any) -> tuple[int, list[float] | None]:
-    """Steps a diffusers scheduler is about to execute, and the timesteps they start at.
-
-    img2img pipelines start at ``begin_index`` (set through ``set_begin_index``); schedulers of
-    order 2 (Heun, DPM2) evaluate twice per step, so their grid is left to the step clock.
-    """
+def scheduler_steps(scheduler: Any, first_timestep: float) -> tuple[int, list[float] | None]:
+    """Steps a diffusers scheduler executes from ``first_timestep`` on, and the timesteps they
+    start at; schedulers of order 2 (Heun, DPM2) evaluate twice per step, so their grid is left
+    to the step clock."""
     timesteps = [float(t) for t in getattr(scheduler, "timesteps", [])]
-    begin = getattr(scheduler, "begin_index", None) or 0
+    begin = next((i for i, t in enumerate(timesteps) if same_timestep(t, first_timestep)), None)
+    if begin is None:
+        raise ValueError(
+            f"{type(scheduler).__name__} has no timestep {first_timestep:g} in its schedule"
+        )
     order = int(getattr(scheduler, "order", 1) or 1)
     executed = timesteps[begin:]
-    if not executed:
-        raise ValueError(f"{type(scheduler).__name__} has no timesteps set")
     steps = math.ceil(len(executed) / order)
     return steps, executed if order == 1 else None
 
 
 class PassWatcher:
-    """Opens a session per pipeline pass on ``unet``; ``plan_for_pass`` is asked at each start
-    and may return None to leave that pass uncached (a pass DeepCache is off for)."""
+    """Opens a session per pipeline pass on ``unet``; ``plan_for_pass(first_timestep)`` is asked
+    at each start and may return None to leave that pass uncached."""
 
     def __init__(
         self,
         run: GenerationRun,
         unet: torch.nn.Module,
-        plan_for_pass: Callable[[], PassPlan | None],
+        plan_for_pass: Callable[[float], PassPlan | None],
     ) -> None:
         self.run = run
         self.unet = unet
@@ -64,11 +66,15 @@ class PassWatcher:
         self._last = timestep
         if not starts:
             return
-        plan = self._plan_for_pass()
+        try:
+            plan = self._plan_for_pass(timestep)
+            session = None if plan is None else self.run.begin_pass(self.unet, plan)
+        except Exception as error:  # raising inside the UNet's hook would end the generation
+            logger.warning("DeepCache: this pass runs uncached: %s", error)
+            plan = session = None
         if plan is None:
             self.run.close()
             return
-        session = self.run.begin_pass(self.unet, plan)
         if session is not None:
             # this call's hooks were gathered before the session's own pre-hook existed
             session.observe_call(args, kwargs)

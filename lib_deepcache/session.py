@@ -243,9 +243,13 @@ class DeepCacheSession:
         return self._cache.tensors()
 
     # ----------------------------------------------------------------- per UNet call
-    def _on_unet_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def _on_unet_call(
+        self, module: torch.nn.Module, args: tuple, kwargs: dict | None = None
+    ) -> None:
+        # kwargs may be missing: torch calls a with-kwargs hook removed during the current
+        # call's hook loop (a pass watcher closing this session) without them
         if self._active:
-            self.observe_call(args, kwargs)
+            self.observe_call(args, kwargs or {})
 
     def observe_call(self, args: tuple, kwargs: dict) -> None:
         """Take in one UNet call's arguments (the session's pre-hook does this for every call;

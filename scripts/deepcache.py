@@ -155,13 +155,13 @@ def _sigma_to_timestep(p: Any, sampler: Any) -> Any:
     return None
 
 
-def _diffusers_pass_plan(p: Any, args: ScriptArgs) -> PassPlan | None:
+def _diffusers_pass_plan(p: Any, args: ScriptArgs, first_timestep: float) -> PassPlan | None:
     """SD.Next: the plan of the pipeline pass starting now (None for its refiner pass, whose
     UNet is another model)."""
     if getattr(p, "is_refiner_pass", False):
         return None
     hires = bool(getattr(p, "is_hr_pass", False))
-    steps, grid = scheduler_steps(shared.sd_model.scheduler)
+    steps, grid = scheduler_steps(shared.sd_model.scheduler, first_timestep)
     params = args.hires_pass() if hires else args.first
     return PassPlan("hires" if hires else "first pass", params, steps, grid)
 
@@ -309,7 +309,7 @@ class DeepCacheScript(scripts.Script):
         except UnsupportedUNetError as error:
             _report_unsupported(p, error)
             return
-        _watcher = PassWatcher(_run, unet, lambda: _diffusers_pass_plan(p, p.deepcache_args))
+        _watcher = PassWatcher(_run, unet, lambda t: _diffusers_pass_plan(p, p.deepcache_args, t))
 
 
 def _begin_forge_pass(run: GenerationRun, p: Any) -> None:

@@ -49,6 +49,7 @@ def load_comfy() -> types.SimpleNamespace:
     import comfy.sample
     import comfy.samplers
     import comfy.supported_models_base
+    import comfy.t2i_adapter.adapter
     from comfy.cldm import cldm
     from comfy.ldm.modules.diffusionmodules import openaimodel
 
@@ -61,6 +62,7 @@ def load_comfy() -> types.SimpleNamespace:
         samplers=comfy.samplers,
         base=comfy.supported_models_base,
         cldm=cldm,
+        t2i_adapter=comfy.t2i_adapter.adapter,
         openaimodel=openaimodel,
     )
 
@@ -93,17 +95,33 @@ def build_comfy_rig(comfy: types.SimpleNamespace) -> types.SimpleNamespace:
     control_config = {k: v for k, v in UNET_CONFIG.items() if k != "out_channels"}
     control_model = comfy.cldm.ControlNet(hint_channels=3, device="cpu", **control_config)
     seed_weights(control_model, 2)
-    return types.SimpleNamespace(model=model, patcher=patcher, control_model=control_model)
+    channels = [UNET_CONFIG["model_channels"] * m for m in UNET_CONFIG["channel_mult"]]
+    adapter = comfy.t2i_adapter.Adapter(
+        channels=channels, nums_rb=2, cin=3 * 64, ksize=1, sk=True, use_conv=False, xl=False
+    )
+    seed_weights(adapter, 4)
+    return types.SimpleNamespace(
+        model=model, patcher=patcher, control_model=control_model, adapter=adapter
+    )
 
 
-def comfy_conds(comfy, rig, with_control: bool, seed: int = 3):
-    """ComfyUI conditioning lists; with ``with_control`` a real ControlNet on both."""
+def comfy_conds(comfy, rig, control: str | None, seed: int = 3):
+    """ComfyUI conditioning lists; ``control``: None, ``"controlnet"`` (a real ControlNet: the
+    UNet's ``control`` dict gets middle and output residuals) or ``"controlnet+t2i"`` (a T2I
+    adapter chained to it: input residuals too)."""
     generator = torch.Generator().manual_seed(seed)
     positive = torch.randn(1, 7, UNET_CONFIG["context_dim"], generator=generator)
     negative = torch.randn(1, 7, UNET_CONFIG["context_dim"], generator=generator)
     extra = {}
-    if with_control:
+    if control:
         hint = torch.rand(1, 3, 128, 128, generator=generator)
-        control = comfy.controlnet.ControlNet(rig.control_model, load_device=torch.device("cpu"))
-        extra = {"control": control.copy().set_cond_hint(hint), "control_apply_to_uncond": True}
+        cpu = torch.device("cpu")
+        unit = comfy.controlnet.ControlNet(rig.control_model, load_device=cpu).copy()
+        unit.set_cond_hint(hint)
+        if control == "controlnet+t2i":
+            adapter = comfy.controlnet.T2IAdapter(rig.adapter, 3, 8, "nearest-exact").copy()
+            adapter.set_cond_hint(hint)
+            adapter.set_previous_controlnet(unit)
+            unit = adapter
+        extra = {"control": unit, "control_apply_to_uncond": True}
     return [[positive, extra]], [[negative, dict(extra)]]

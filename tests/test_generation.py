@@ -65,3 +65,32 @@ def test_model_swap_moves_the_hooks_and_restores_the_old_unet():
     moved = run.passes[0].stats[1]
     assert moved.miss_passes == 1  # step 1 (cached) found no feature on the new UNet: ran fully
     assert moved.cached_passes == 1  # step 3 used the new UNet's own step-2 feature
+
+
+def test_a_pass_begun_again_before_it_ran_is_counted_once():
+    """Forge calls its per-pass hook twice before the hires pass; attach=False leaves the UNet
+    untouched for the host to attach per call."""
+    unet = build_unet("sd15", width=32)
+    run = GenerationRun()
+    run.begin_pass(unet, PassPlan("first pass", ON, 2))
+    call(unet, 999)
+    call(unet, 500)
+    run.begin_pass(unet, PassPlan("hires", ON, 2), attach=False)
+    session = run.begin_pass(unet, PassPlan("hires", ON, 2), attach=False)
+    assert not session.active and "forward" not in unet.input_blocks[0].__dict__
+    for t in (999, 500):
+        with session.attached():
+            call(unet, t)
+        assert not session.active
+    run.close()
+    assert [record.name for record in run.passes] == ["first pass", "hires"]
+    assert run.counts_infotext() == "first pass 1 full / 1 cached; hires 1 full / 1 cached"
+
+
+def test_per_call_sessions_do_not_follow_model_swaps():
+    base, other = build_unet("sd15", width=32, seed=1), build_unet("sd15", width=32, seed=2)
+    run = GenerationRun()
+    session = run.begin_pass(base, PassPlan("first pass", ON, 2), attach=False)
+    run.follow_unet(other)
+    assert run.session is session and session.unet is base
+    run.close()

@@ -38,8 +38,8 @@ def rig(comfy):
     return build_comfy_rig(comfy)
 
 
-def conds(comfy, rig, with_control: bool):
-    return comfy_conds(comfy, rig, with_control)
+def conds(comfy, rig, control: str | None):
+    return comfy_conds(comfy, rig, control)
 
 
 class Recorder:
@@ -80,13 +80,14 @@ def reference_unet(comfy, unet, x, t, context, control, depth, feature=None):
     emb = unet.time_embed(embed(t, unet.model_channels).to(x.dtype))
     n = len(unet.input_blocks)
     boundary = n - 1 - depth
-    outputs = control["output"] if control else [0] * n
+    inputs = [_or_zero(r) for r in reversed(control["input"])] if control else [0] * n
+    outputs = [_or_zero(r) for r in control["output"]] if control else [0] * n
     middle = control["middle"][0] if control else 0
     hs, h = [], x
     for i, block in enumerate(unet.input_blocks):
         if feature is not None and i > depth:
             break
-        h = forward(block, h, emb, context, options)
+        h = forward(block, h, emb, context, options) + (inputs[i] if i < len(inputs) else 0)
         hs.append(h)
     if feature is None:
         h, first = forward(unet.middle_block, h, emb, context, options) + middle, 0
@@ -101,6 +102,10 @@ def reference_unet(comfy, unet, x, t, context, control, depth, feature=None):
         shape = hs[level - 1].shape if level > 0 else None
         h = forward(unet.output_blocks[j], h, emb, context, options, shape)
     return unet.out(h.type(x.dtype)), cut
+
+
+def _or_zero(residual):
+    return 0 if residual is None else residual
 
 
 def check_calls_against_reference(comfy, rig, calls, params):
@@ -132,12 +137,10 @@ def check_calls_against_reference(comfy, rig, calls, params):
     return len(sigmas)
 
 
-@pytest.mark.parametrize("with_control", [False, True], ids=["plain", "controlnet"])
+@pytest.mark.parametrize("control", [None, "controlnet", "controlnet+t2i"])
 @pytest.mark.parametrize("depth", [0, 2])
-def test_ksampler_through_the_patcher_matches_the_reference(
-    comfy, rig, caplog, depth, with_control
-):
-    positive, negative = conds(comfy, rig, with_control)
+def test_ksampler_through_the_patcher_matches_the_reference(comfy, rig, caplog, depth, control):
+    positive, negative = conds(comfy, rig, control)
     recorder = Recorder()
     base = rig.patcher.clone()
     base.set_model_unet_function_wrapper(recorder)
@@ -152,8 +155,12 @@ def test_ksampler_through_the_patcher_matches_the_reference(
     assert not [r for r in caplog.records if "control could not be applied" in r.getMessage()]
     assert (session.stats.full_steps, session.stats.cached_steps) == (2, 4)
     assert session.stats.cached_passes == 4
-    if with_control:
-        assert all(len(call["control"]["output"]) == 12 for call in recorder.calls)
+    if control:
+        lengths = {
+            tuple(len(call["control"][k]) for k in ("input", "middle", "output"))
+            for call in recorder.calls
+        }
+        assert lengths == {(12 if control == "controlnet+t2i" else 0, 1, 12)}
     assert check_calls_against_reference(comfy, rig, recorder.calls, params) == STEPS
 
 
@@ -164,7 +171,7 @@ def test_patcher_and_unet_are_left_as_they_were(comfy, rig):
     patched = patch_unet_patcher(base, session)
     assert WRAPPER_OPTION not in base.model_options
     assert isinstance(patched.model_options[WRAPPER_OPTION], DeepCacheModelWrapper)
-    positive, negative = conds(comfy, rig, with_control=False)
+    positive, negative = conds(comfy, rig, None)
     sample(comfy, patched, positive, negative, steps=2)
     assert all("forward" not in m.__dict__ for m in unet.modules())
     assert not unet._forward_pre_hooks
@@ -184,7 +191,7 @@ def test_second_hook_call_for_the_same_pass_replaces_instead_of_stacking(comfy, 
     wrapper = twice.model_options[WRAPPER_OPTION]
     assert wrapper.session is second and isinstance(wrapper.previous, Recorder)
     assert not isinstance(wrapper.previous, DeepCacheModelWrapper)
-    positive, negative = conds(comfy, rig, with_control=False)
+    positive, negative = conds(comfy, rig, None)
     sample(comfy, twice, positive, negative)
     assert first.stats.full_steps == 0 and second.stats.full_steps == 3
     first.close()
