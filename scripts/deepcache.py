@@ -20,6 +20,7 @@ Hosts, told apart by the model object they sample with:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from enum import Enum
 from typing import Any
@@ -349,12 +350,25 @@ def _unhook_on_close(p: Any) -> None:
 
 
 def _accordion(elem_id: Any) -> Any:
-    """An accordion with the enable checkbox in its header where the WebUI has one (>= 1.7)."""
+    """An accordion with the enable checkbox in its header where the WebUI has one (A1111 and
+    Forge >= 1.7). SD.Next keeps an ``InputAccordion`` class for old extensions but marks it
+    unused; its checkbox is hidden and waits for A1111's page script to move it into the
+    header, so there the plain accordion with a visible checkbox is used."""
     try:
         from modules.ui_components import InputAccordion
     except ImportError:
         return _FallbackAccordion(elem_id)
+    if _is_sdnext():
+        return _FallbackAccordion(elem_id)
     return InputAccordion(False, label="DeepCache", elem_id=elem_id("enabled"))
+
+
+def _is_sdnext() -> bool:
+    """SD.Next has a diffusers processing module that AUTOMATIC1111 and Forge do not."""
+    try:
+        return importlib.util.find_spec("modules.processing_diffusers") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class _FallbackAccordion:

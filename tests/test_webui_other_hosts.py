@@ -3,8 +3,10 @@ sdnext_standin.py) and on a host it does not know."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import logging
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,18 @@ def test_sdnext_compiled_unet_is_reported_and_runs_uncached(host, sdnext):
     _, _, fields = generate(host, SdnextTxt2Img, ON)
     assert "torch.compile" in fields["DeepCache error"]
     assert "DeepCache steps" not in fields
+
+
+def test_sdnext_ui_uses_a_visible_enable_checkbox(monkeypatch):
+    """SD.Next's InputAccordion hides its checkbox (no header script), so the fallback is used."""
+    marker = types.ModuleType("modules.processing_diffusers")
+    marker.__spec__ = importlib.machinery.ModuleSpec("modules.processing_diffusers", None)
+    monkeypatch.setitem(sys.modules, "modules.processing_diffusers", marker)
+    r = runner(False)
+    script = r.alwayson_scripts[0]
+    enabled = r.inputs[script.args_from]
+    assert enabled.label == "Enable DeepCache" and enabled.visible is not False
+    assert enabled.elem_id == "script_txt2img_deepcache_enabled"
 
 
 # ----------------------------------------------------------------------------- unknown
