@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from .archs import ARCHS, sdpa_attention
-from .flops import count_block_flops, schedule_speedup, speed_limit
-from .harness import SAMPLERS, make_rig
+from .archs import sdpa_attention
+from .flops import count_unit_flops, schedule_speedup, speed_limit
+from .harness import DIFFUSERS_PREFIX, RIG_ARCHS, SAMPLERS, make_rig
 from .params import DeepCacheParams, effective_depth
 from .session import DeepCacheSession
 
@@ -203,7 +203,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m lib_deepcache.bench", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--arch", choices=sorted(ARCHS), default="sd15")
+    parser.add_argument("--arch", choices=RIG_ARCHS, default="sd15")
     parser.add_argument("--width", type=int, default=None, help="model channels (default: real)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="euler")
@@ -229,6 +229,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--png", type=Path, default=Path("artifacts/bench-quality.png"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.checkpoint is not None and args.arch.startswith(DIFFUSERS_PREFIX):
+        parser.error("--checkpoint loads a WebUI (ldm) checkpoint; choose an ldm --arch")
     if args.quick:
         args.width = args.width or 32
         args.steps = 6 if args.steps == 30 else args.steps
@@ -248,7 +250,7 @@ def run(args: argparse.Namespace) -> Report:
     rig.denoiser.to(device)
     sigmas = rig.sigmas(args.steps)
     grid = rig.timestep_grid(sigmas)
-    counted = count_block_flops(rig.unet, (2, 4, args.size, args.size), (2, 77, rig.context_dim))
+    counted = count_unit_flops(rig.unet, *rig.meta_call(2, args.size))
     report = Report(
         settings={
             "arch": args.arch,

@@ -1,7 +1,7 @@
 """A seeded UNet sampled by real k-diffusion samplers, wired the way the WebUI wires them.
 
-Used by the benchmark and the tests. Needs ``k-diffusion`` and ``ldm`` (stable-diffusion-sdkit);
-the engine itself does not.
+Used by the benchmark and the tests. Needs ``k-diffusion`` and ``ldm`` (stable-diffusion-sdkit),
+or ``diffusers`` for the ``diffusers-*`` archs (SD.Next's UNet class); the engine needs neither.
 """
 
 from __future__ import annotations
@@ -12,7 +12,17 @@ from dataclasses import dataclass, field
 import k_diffusion
 import torch
 
-from .archs import PREDICTION, build_unet, unet_config
+from .archs import (
+    DIFFUSERS_ARCHS,
+    PREDICTION,
+    build_diffusers_unet,
+    build_unet,
+    unet_config,
+)
+
+DIFFUSERS_PREFIX = "diffusers-"
+# Every arch a rig can be made of: the ldm ones and the diffusers ones.
+RIG_ARCHS = sorted(PREDICTION) + [DIFFUSERS_PREFIX + name for name in DIFFUSERS_ARCHS]
 
 SAMPLERS: dict[str, Callable] = {
     "euler": k_diffusion.sampling.sample_euler,
@@ -30,7 +40,8 @@ def sd_alphas_cumprod() -> torch.Tensor:
 
 
 class LatentModel(torch.nn.Module):
-    """The slice of ldm's LatentDiffusion that k-diffusion's CompVis wrappers call."""
+    """The slice of ldm's LatentDiffusion that k-diffusion's CompVis wrappers call; a diffusers
+    UNet is called its own way (``encoder_hidden_states``, SDXL's added conditioning)."""
 
     def __init__(self, unet: torch.nn.Module, image_cond: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -41,7 +52,32 @@ class LatentModel(torch.nn.Module):
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         if self.image_cond is not None:
             x = torch.cat([x, self.image_cond[: x.shape[0]]], dim=1)
-        return self.diffusion_model(x, t, context=cond)
+        if not is_diffusers(self.diffusion_model):
+            return self.diffusion_model(x, t, context=cond)
+        kwargs = diffusers_kwargs(self.diffusion_model, cond)
+        return self.diffusion_model(x, t, **kwargs, return_dict=False)[0]
+
+
+def is_diffusers(unet: torch.nn.Module) -> bool:
+    return hasattr(unet, "down_blocks")
+
+
+def diffusers_kwargs(unet: torch.nn.Module, cond: torch.Tensor) -> dict[str, object]:
+    """A diffusers UNet's conditioning for this text batch; SDXL's pooled-text and size
+    conditioning are fixed seeded values (the UNet's cost does not depend on them)."""
+    kwargs: dict[str, object] = {"encoder_hidden_states": cond}
+    if unet.config.addition_embed_type == "text_time":
+        batch, width = cond.shape[0], unet.config.projection_class_embeddings_input_dim
+        time_dim = unet.config.addition_time_embed_dim
+        g = torch.Generator().manual_seed(11)
+        text = torch.randn(batch, width - 6 * time_dim, generator=g)
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": text.to(device=cond.device, dtype=cond.dtype),
+            "time_ids": torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]] * batch).to(
+                device=cond.device, dtype=cond.dtype
+            ),
+        }
+    return kwargs
 
 
 def denoiser_for(arch: str, model: LatentModel) -> torch.nn.Module:
@@ -98,6 +134,19 @@ class Rig:
         g = torch.Generator().manual_seed(seed)
         return torch.randn(batch, tokens, self.context_dim, generator=g)
 
+    def meta_call(self, batch: int, size: int) -> tuple[tuple, dict]:
+        """UNet arguments of this shape on ``meta``, for FLOP counting."""
+        x = torch.empty(batch, 4, size, size, device="meta")
+        t = torch.empty(batch, device="meta")
+        cond = torch.empty(batch, 77, self.context_dim, device="meta")
+        if not is_diffusers(self.unet):
+            return (x, t), {"context": cond}
+        kwargs = diffusers_kwargs(self.unet, cond)
+        added = kwargs.get("added_cond_kwargs")
+        if added:
+            kwargs["added_cond_kwargs"] = {k: v.to("meta") for k, v in added.items()}
+        return (x, t), kwargs
+
     def sigmas(self, steps: int) -> torch.Tensor:
         return self.denoiser.get_sigmas(steps)
 
@@ -131,6 +180,11 @@ class Rig:
 
 
 def make_rig(arch: str = "sd15", width: int | None = 32, seed: int = 0, size: int = 16) -> Rig:
+    if arch.startswith(DIFFUSERS_PREFIX):
+        unet = build_diffusers_unet(arch[len(DIFFUSERS_PREFIX) :], width=width, seed=seed)
+        model = LatentModel(unet)
+        denoiser = k_diffusion.external.CompVisDenoiser(model)
+        return Rig(arch, unet, model, denoiser, unet.config.cross_attention_dim)
     unet = build_unet(arch, width=width, seed=seed)
     image_cond = None
     if unet_config(arch, width)["in_channels"] == 9:

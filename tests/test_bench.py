@@ -13,6 +13,20 @@ from lib_deepcache.flops import count_block_flops, speed_limit
 from lib_deepcache.params import DeepCacheParamError, DeepCacheParams
 
 
+@pytest.mark.parametrize("arch", ["diffusers-sd15", "diffusers-sdxl"])
+def test_quick_bench_runs_diffusers_unets(arch):
+    report = bench.main(["--quick", "--arch", arch, "--grid", "3x0,2x2"])
+    for row in report.rows:
+        assert row.full_steps == len(schedule.full_steps(row.params(), 6))
+        assert 1 < row.flop_speedup <= row.limit * (1 + 1e-9)
+        assert row.unet_seconds_on > 0
+
+
+def test_checkpoints_are_refused_for_diffusers_archs(tmp_path):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--arch", "diffusers-sd15", "--checkpoint", str(tmp_path / "x")])
+
+
 def test_quick_bench_writes_a_consistent_report(tmp_path, capsys):
     report = bench.main(
         ["--quick", "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]
