@@ -196,6 +196,10 @@ class DeepCacheSession:
     def active(self) -> bool:
         return self._active
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _attach(self) -> None:
         if self._closed:
             raise RuntimeError("a DeepCache session cannot be reopened; create a new one")

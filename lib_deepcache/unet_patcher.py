@@ -31,10 +31,15 @@ class DeepCacheModelWrapper:
         self.previous = previous
 
     def __call__(self, apply_model: ModelFunction, args: dict[str, Any]) -> Any:
+        if self.session.closed:  # the pass is over; a patcher kept beyond it samples uncached
+            return self._call_through(apply_model, args)
         with self.session.attached():
-            if self.previous is not None:
-                return self.previous(apply_model, args)
-            return apply_model(args["input"], args["timestep"], **args["c"])
+            return self._call_through(apply_model, args)
+
+    def _call_through(self, apply_model: ModelFunction, args: dict[str, Any]) -> Any:
+        if self.previous is not None:
+            return self.previous(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
 
     def __deepcopy__(self, memo: dict[int, Any]) -> DeepCacheModelWrapper:
         # Patchers deep-copy their options on clone(); the session (and the UNet it holds)

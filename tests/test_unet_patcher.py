@@ -207,3 +207,15 @@ def test_clone_after_deepcache_shares_the_session_and_copies_no_unet(comfy, rig)
     assert later.model_options[WRAPPER_OPTION] is patched.model_options[WRAPPER_OPTION]
     assert copy.deepcopy(patched.model_options)[WRAPPER_OPTION].session is session
     session.close()
+
+
+def test_a_patcher_used_after_its_pass_closed_samples_uncached(comfy, rig):
+    base = rig.patcher.clone()
+    positive, negative = conds(comfy, rig, None)
+    plain = sample(comfy, base, positive, negative, steps=3)
+    session = DeepCacheSession(diffusion_model_of(base), DeepCacheParams(True, 3, 0), 3)
+    patched = patch_unet_patcher(base, session)
+    session.close()
+    late = sample(comfy, patched, positive, negative, steps=3)
+    assert torch.equal(late, plain)
+    assert session.stats.full_steps == 0 and not session.active
