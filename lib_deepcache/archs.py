@@ -160,13 +160,13 @@ def diffusers_unet_config(arch: str, width: int | None = None) -> dict[str, Any]
         config["attention_head_dim"] = tuple(max(1, c // 16) for c in channels)
         config["transformer_layers_per_block"] = (1, 1, 2)
         config["addition_time_embed_dim"] = 8
-        config["projection_class_embeddings_input_dim"] = sdxl_text_embeds(width) + 6 * 8
+        config["projection_class_embeddings_input_dim"] = _sdxl_text_embeds(width) + 6 * 8
     else:
         config["attention_head_dim"] = 4
     return config
 
 
-def sdxl_text_embeds(width: int | None) -> int:
+def _sdxl_text_embeds(width: int | None) -> int:
     return SDXL_TEXT_EMBEDS if width is None else max(8, SDXL_TEXT_EMBEDS * width // 320)
 
 

@@ -55,7 +55,6 @@ class GenerationRun:
     def __init__(self) -> None:
         self._session: DeepCacheSession | None = None
         self._plan: PassPlan | None = None
-        self._per_call = False
         self.passes: list[PassRecord] = []
 
     @property
@@ -73,7 +72,6 @@ class GenerationRun:
         """
         self._close_session()
         self._plan = plan
-        self._per_call = not attach
         if self.passes and self.passes[-1].name == plan.name and not self.passes[-1].ran:
             self.passes.pop()
         if not plan.params.enabled:
@@ -82,9 +80,10 @@ class GenerationRun:
         return self._open(unet, plan, attach)
 
     def follow_unet(self, unet: torch.nn.Module) -> None:
-        """The host's model changed mid-pass (refiner): move the hooks to the new UNet."""
+        """The host's model changed mid-pass (refiner): move the hooks to the new UNet. A
+        session the host attaches per call (not active between calls) is not ours to move."""
         session, plan = self._session, self._plan
-        if session is None or plan is None or session.unet is unet or self._per_call:
+        if session is None or plan is None or session.unet is unet or not session.active:
             return
         logger.info("DeepCache: the model changed mid-pass; hooking the new UNet")
         self._close_session()

@@ -141,11 +141,7 @@ class Rig:
         cond = torch.empty(batch, 77, self.context_dim, device="meta")
         if not is_diffusers(self.unet):
             return (x, t), {"context": cond}
-        kwargs = diffusers_kwargs(self.unet, cond)
-        added = kwargs.get("added_cond_kwargs")
-        if added:
-            kwargs["added_cond_kwargs"] = {k: v.to("meta") for k, v in added.items()}
-        return (x, t), kwargs
+        return (x, t), diffusers_kwargs(self.unet, cond)
 
     def sigmas(self, steps: int) -> torch.Tensor:
         return self.denoiser.get_sigmas(steps)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .clock import same_timestep
+from .clock import StepClock, same_timestep
 from .generation import GenerationRun, PassPlan
 from .session import read_timestep
 
@@ -55,16 +55,15 @@ class PassWatcher:
         self.run = run
         self.unet = unet
         self._plan_for_pass = plan_for_pass
-        self._last: float | None = None
+        self._clock = StepClock()
         self._handle = unet.register_forward_pre_hook(self._on_call, with_kwargs=True)
 
     def _on_call(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         timestep = read_timestep(args, kwargs)
         if timestep is None:
             return
-        starts = self._last is None or timestep > self._last
-        self._last = timestep
-        if not starts:
+        tick = self._clock.observe(timestep)
+        if not (tick.new_step and tick.step == 0):  # without a grid: the first call or a rise
             return
         try:
             plan = self._plan_for_pass(timestep)

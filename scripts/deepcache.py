@@ -32,7 +32,7 @@ from modules import script_callbacks, scripts, sd_samplers_common, shared
 from lib_deepcache import api_guard
 from lib_deepcache.generation import GenerationRun, PassPlan
 from lib_deepcache.layout import UnsupportedUNetError, layout_of
-from lib_deepcache.params import MAX_DEPTH, SCHEDULES, DeepCacheParamError
+from lib_deepcache.params import MAX_DEPTH, SCHEDULES, DeepCacheParamError, DeepCacheParams
 from lib_deepcache.pipeline import PassWatcher, scheduler_steps
 from lib_deepcache.script_args import (
     ARG_NAMES,
@@ -104,17 +104,22 @@ def _is_img2img_pass(p: Any) -> bool:
     return bool(getattr(p, "is_hr_pass", False)) or hasattr(p, "init_images")
 
 
+def _pass_identity(p: Any, args: ScriptArgs) -> tuple[str, bool, DeepCacheParams]:
+    """The pass about to sample: its name, whether it is the hires pass, its parameters."""
+    if getattr(p, "is_hr_pass", False):
+        return "hires", True, args.hires_pass()
+    return "first pass", False, args.first
+
+
 def _pass_plan(p: Any, args: ScriptArgs) -> PassPlan:
     """Parameters, executed steps and timestep grid of the pass about to sample."""
-    hires = bool(getattr(p, "is_hr_pass", False))
-    params = args.hires_pass() if hires else args.first
+    name, hires, params = _pass_identity(p, args)
     if _is_img2img_pass(p):
         requested = (p.hr_second_pass_steps or p.steps) if hires else None
         steps, t_enc = sd_samplers_common.setup_img2img_steps(p, requested)
         executed = t_enc + 1
     else:
         steps, t_enc, executed = p.steps, None, p.steps
-    name = "hires" if hires else "first pass"
     return PassPlan(name, params, max(1, executed), _timestep_grid(p, steps, t_enc))
 
 
@@ -161,10 +166,9 @@ def _diffusers_pass_plan(p: Any, args: ScriptArgs, first_timestep: float) -> Pas
     UNet is another model)."""
     if getattr(p, "is_refiner_pass", False):
         return None
-    hires = bool(getattr(p, "is_hr_pass", False))
+    name, _, params = _pass_identity(p, args)
     steps, grid = scheduler_steps(shared.sd_model.scheduler, first_timestep)
-    params = args.hires_pass() if hires else args.first
-    return PassPlan("hires" if hires else "first pass", params, steps, grid)
+    return PassPlan(name, params, steps, grid)
 
 
 class DeepCacheScript(scripts.Script):

@@ -18,8 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lib_deepcache import DeepCacheParams, DeepCacheSession
 from lib_deepcache import schedule as schedule_lib
-from lib_deepcache.archs import build_diffusers_unet, sdxl_text_embeds
+from lib_deepcache.archs import build_diffusers_unet
 from lib_deepcache.flops import count_unit_flops
+from lib_deepcache.harness import diffusers_kwargs
 from lib_deepcache.layout import layout_of
 
 WIDTH = 32
@@ -38,18 +39,8 @@ def sdxl():
 
 def conditioning(unet, batch: int, seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    config = unet.config
-    kwargs = {
-        "encoder_hidden_states": torch.randn(
-            batch, 7, config.cross_attention_dim, generator=generator
-        )
-    }
-    if config.addition_embed_type == "text_time":
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(batch, sdxl_text_embeds(WIDTH), generator=generator),
-            "time_ids": torch.tensor([[32.0, 32.0, 0.0, 0.0, 32.0, 32.0]] * batch),
-        }
-    return kwargs
+    text = torch.randn(batch, 7, unet.config.cross_attention_dim, generator=generator)
+    return diffusers_kwargs(unet, text)
 
 
 def denoise(unet, steps=STEPS, size=16, seed=0, cfg=True, extra=None) -> list[torch.Tensor]:
@@ -214,13 +205,8 @@ def test_cached_step_costs_the_shallow_share_at_full_size(arch, size, expected):
     unet = build_diffusers_unet(arch, device="meta")
     x = torch.empty(2, 4, size, size, device="meta")
     t = torch.empty(2, device="meta")
-    context_dim = unet.config.cross_attention_dim
-    kwargs = {"encoder_hidden_states": torch.empty(2, 77, context_dim, device="meta")}
-    if arch == "sdxl":
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.empty(2, sdxl_text_embeds(None), device="meta"),
-            "time_ids": torch.empty(2, 6, device="meta"),
-        }
+    context = torch.empty(2, 77, unet.config.cross_attention_dim, device="meta")
+    kwargs = diffusers_kwargs(unet, context)
     counted = count_unit_flops(unet, (x, t), kwargs)
     shares = [counted.shallow_share(d) for d in range(3)]
     assert shares == pytest.approx(expected, abs=0.003)
