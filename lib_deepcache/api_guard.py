@@ -4,6 +4,10 @@ The WebUI runs every script hook inside a try/except that only logs, and answers
 200 whatever happened, so raising in a hook would silently give an uncached image. Validating
 the request body first, in a small ASGI middleware in front of the txt2img/img2img routes, is
 the one place where the client can be told which field is wrong.
+
+The args are only checked when they are this extension's: with another extension's script
+titled "DeepCache" loaded first, the host hands them to that one (``owns_title`` says which),
+and refusing them would break that extension's valid requests.
 """
 
 from __future__ import annotations
@@ -70,14 +74,16 @@ class ApiArgsGuard:
     the route, on any Starlette version the WebUI ships.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, owns_title: Callable[[], bool] = lambda: True) -> None:
         self.app = app
+        self.owns_title = owns_title
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         guarded = (
             scope.get("type") == "http"
             and scope.get("method") == "POST"
             and scope.get("path") in GUARDED_PATHS
+            and self.owns_title()
         )
         if not guarded:
             await self.app(scope, receive, send)
@@ -107,13 +113,14 @@ class ApiArgsGuard:
         await self.app(scope, replay, send)
 
 
-def install(app: Any) -> bool:
-    """Put the guard in front of a FastAPI/Starlette app, started or not; False if present."""
+def install(app: Any, owns_title: Callable[[], bool] = lambda: True) -> bool:
+    """Put the guard in front of a FastAPI/Starlette app, started or not; False if present.
+    ``owns_title``: whether the host routes ``alwayson_scripts.DeepCache`` to this extension."""
     if any(getattr(m, "cls", None) is ApiArgsGuard for m in getattr(app, "user_middleware", [])):
         return False
     started = getattr(app, "middleware_stack", None) is not None
     app.middleware_stack = None
-    app.add_middleware(ApiArgsGuard)
+    app.add_middleware(ApiArgsGuard, owns_title=owns_title)
     if started:
         app.middleware_stack = app.build_middleware_stack()
     return True

@@ -1,9 +1,12 @@
-"""The store of deep features: one entry per call slot, matched on batch shape, dtype and device.
+"""The store of deep features: per call slot, one entry per batch shape, dtype and device.
 
 A call slot is the position of a UNet pass within its denoising step (cond and uncond sent as
 separate calls, the two evaluations of a second-order sampler). Keying by slot keeps the uncond
-pass from reading the cond pass's feature; keying by shape/dtype/device turns any change of the
-batch (uncond rows dropped mid-run, a new resolution) into a miss, which runs the UNet fully.
+pass from reading the cond pass's feature. Within a slot, entries are keyed by shape, dtype and
+device: a pass whose batch has no entry misses and runs the UNet fully. Several shapes are kept
+per slot because hosts alternate batch shapes from step to step: A1111's negative guidance
+minimum sigma drops the uncond rows on every other step, so the batch goes 2B, B, 2B, B...; with
+one entry per slot each shape would evict the other and every cached step would miss.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import torch
 # A guard against hosts that call the UNet an unbounded number of times per step: past this
 # many slots nothing more is stored, so memory stays bounded (those calls simply run fully).
 MAX_SLOTS = 32
+# Batch shapes kept per slot (the least recently stored is dropped first): 2B and B under
+# A1111's NGMS / skip-early-CFG, with room for a resolution change mid-generation.
+SHAPES_PER_SLOT = 4
 
 CacheKey = tuple[tuple[int, ...], torch.dtype, torch.device]
 
@@ -43,29 +49,38 @@ class CacheEntry:
 
 class FeatureCache:
     def __init__(self) -> None:
-        self._entries: dict[int, CacheEntry] = {}
+        # slot -> key -> entry; each inner dict is in storing order, oldest first
+        self._slots: dict[int, dict[CacheKey, CacheEntry]] = {}
 
     def get(self, slot: int, key: CacheKey, stored_since: int) -> CacheEntry | None:
-        """The slot's entry if it matches ``key`` and was stored at step ``stored_since`` or
-        later (the last full step), so a slot that skipped a refresh never serves a stale one."""
-        entry = self._entries.get(slot)
-        if entry is None or entry.key != key or entry.step < stored_since:
+        """The slot's entry for ``key`` if it was stored at step ``stored_since`` or later (the
+        last full step), so a shape that skipped a refresh never serves a stale feature."""
+        entry = self._slots.get(slot, {}).get(key)
+        if entry is None or entry.step < stored_since:
             return None
         return entry
 
     def put(self, slot: int, entry: CacheEntry) -> bool:
-        """Store, replacing the slot's previous entry; False when the slot is past the bound."""
+        """Store, replacing the slot's entry of the same key and dropping the slot's oldest
+        shape past :data:`SHAPES_PER_SLOT`; False when the slot is past the bound."""
         if slot >= MAX_SLOTS:
             return False
-        self._entries[slot] = entry
+        entries = self._slots.setdefault(slot, {})
+        entries.pop(entry.key, None)
+        entries[entry.key] = entry
+        while len(entries) > SHAPES_PER_SLOT:
+            del entries[next(iter(entries))]
         return True
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._slots.clear()
 
     @property
     def nbytes(self) -> int:
-        return sum(entry.nbytes for entry in self._entries.values())
+        return sum(entry.nbytes for entry in self._entries())
 
     def tensors(self) -> list[torch.Tensor]:
-        return [entry.feature for entry in self._entries.values()]
+        return [entry.feature for entry in self._entries()]
+
+    def _entries(self) -> list[CacheEntry]:
+        return [entry for entries in self._slots.values() for entry in entries.values()]

@@ -55,6 +55,7 @@ class GenerationRun:
     def __init__(self) -> None:
         self._session: DeepCacheSession | None = None
         self._plan: PassPlan | None = None
+        self._model_id: object = None
         self.passes: list[PassRecord] = []
 
     @property
@@ -62,16 +63,22 @@ class GenerationRun:
         return self._session
 
     def begin_pass(
-        self, unet: torch.nn.Module, plan: PassPlan, attach: bool = True
+        self,
+        unet: torch.nn.Module,
+        plan: PassPlan,
+        attach: bool = True,
+        model_id: object = None,
     ) -> DeepCacheSession | None:
         """Close the previous pass's session and, if enabled, open one on ``unet`` for this pass
         (hooked now, or left for the host to attach per call when ``attach`` is False).
+        ``model_id`` names the weights the UNet holds (the host's checkpoint), for
+        :meth:`follow_unet`.
 
         A pass begun again before the UNet ran (Forge calls its hook twice before the hires
         pass) replaces its empty record instead of adding a second one.
         """
         self._close_session()
-        self._plan = plan
+        self._plan, self._model_id = plan, model_id
         if self.passes and self.passes[-1].name == plan.name and not self.passes[-1].ran:
             self.passes.pop()
         if not plan.params.enabled:
@@ -79,13 +86,19 @@ class GenerationRun:
         self.passes.append(PassRecord(plan.name, []))
         return self._open(unet, plan, attach)
 
-    def follow_unet(self, unet: torch.nn.Module) -> None:
-        """The host's model changed mid-pass (refiner): move the hooks to the new UNet. A
+    def follow_unet(self, unet: torch.nn.Module, model_id: object = None) -> None:
+        """The host's model changed mid-pass (refiner): start a fresh session on the new model
+        for the rest of the pass. A change is a new UNet object or, since a host may load the
+        refiner's weights into the same object (A1111 does when the configs match), a new
+        ``model_id``: the features cached from the old weights must not feed the new ones. A
         session the host attaches per call (not active between calls) is not ours to move."""
         session, plan = self._session, self._plan
-        if session is None or plan is None or session.unet is unet or not session.active:
+        if session is None or plan is None or not session.active:
             return
-        logger.info("DeepCache: the model changed mid-pass; hooking the new UNet")
+        if session.unet is unet and model_id == self._model_id:
+            return
+        self._model_id = model_id
+        logger.info("DeepCache: the model changed mid-pass; a fresh cache for the new weights")
         self._close_session()
         self._open(unet, plan, attach=True)
 

@@ -92,7 +92,9 @@ class CFGDenoiser:
 
     ``split``: cond and uncond as separate UNet calls (different token lengths, or
     batch_cond_uncond off). ``uncond_below``: drop the uncond rows once sigma falls under this
-    value (the WebUI's "negative guidance minimum sigma"), so the batch shrinks mid-run.
+    value, so the batch shrinks mid-run. ``uncond_every_other``: drop them on every other call
+    instead, the way A1111's "negative guidance minimum sigma" (NGMS) does once sigma is under
+    it, so the batch alternates 2B, B, 2B, B...
     """
 
     denoiser: torch.nn.Module
@@ -101,11 +103,15 @@ class CFGDenoiser:
     scale: float = 7.0
     split: bool = False
     uncond_below: float | None = None
+    uncond_every_other: bool = False
     sigmas_seen: list[float] = field(default_factory=list)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
         self.sigmas_seen.append(float(sigma[0]))
-        if self.uncond_below is not None and float(sigma[0]) < self.uncond_below:
+        odd_call = len(self.sigmas_seen) % 2 == 0
+        if (self.uncond_below is not None and float(sigma[0]) < self.uncond_below) or (
+            self.uncond_every_other and odd_call
+        ):
             return self.denoiser(x, sigma, cond=self.cond)
         if self.split:
             c = self.denoiser(x, sigma, cond=self.cond)

@@ -13,7 +13,6 @@ img2img pass starts part-way down the schedule, and not every scheduler records 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,20 +25,26 @@ from .session import read_timestep
 logger = logging.getLogger("deepcache")
 
 
-def scheduler_steps(scheduler: Any, first_timestep: float) -> tuple[int, list[float] | None]:
+def scheduler_steps(scheduler: Any, first_timestep: float) -> tuple[int, list[float]]:
     """Steps a diffusers scheduler executes from ``first_timestep`` on, and the timesteps they
-    start at; schedulers of order 2 (Heun, DPM2) evaluate twice per step, so their grid is left
-    to the step clock."""
+    start at.
+
+    Schedulers of order 2 (Heun, KDPM2, DPM SDE) list every step ``order`` times in
+    ``timesteps``: the step's start, then its second evaluation (at the next step's timestep
+    for Heun, at an interpolated one for KDPM2), the last step alone. A pass starts on a step
+    start (img2img pipelines slice at ``t_start * order``), so every ``order``-th timestep from
+    there is a step start.
+    """
     timesteps = [float(t) for t in getattr(scheduler, "timesteps", [])]
-    begin = next((i for i, t in enumerate(timesteps) if same_timestep(t, first_timestep)), None)
+    order = max(1, int(getattr(scheduler, "order", 1) or 1))
+    starts = [i for i in range(0, len(timesteps), order)] + list(range(len(timesteps)))
+    begin = next((i for i in starts if same_timestep(timesteps[i], first_timestep)), None)
     if begin is None:
         raise ValueError(
             f"{type(scheduler).__name__} has no timestep {first_timestep:g} in its schedule"
         )
-    order = int(getattr(scheduler, "order", 1) or 1)
-    executed = timesteps[begin:]
-    steps = math.ceil(len(executed) / order)
-    return steps, executed if order == 1 else None
+    grid = timesteps[begin::order]
+    return len(grid), grid
 
 
 class PassWatcher:

@@ -58,7 +58,11 @@ class _Mode(Enum):
 
 @dataclass
 class DeepCacheStats:
-    """What happened in a session; steps are denoising steps, passes are UNet evaluations."""
+    """What happened in a session; steps are denoising steps, passes are UNet evaluations.
+
+    A step counts as cached only when every UNet pass of it reused a stored feature: a cache
+    miss runs the whole UNet, so its step counts as full.
+    """
 
     depth: int = 0
     full_steps: int = 0
@@ -138,6 +142,7 @@ class DeepCacheSession:
         self._host_step: int | None = None
         self._announced = False
         self._step_is_full = True
+        self._step_ran_full: bool | None = None  # what the current step's passes really did
         self._step = -1
         self._last_full_step = 0
         self._adaptive = params.schedule == "adaptive"
@@ -278,6 +283,7 @@ class DeepCacheSession:
         if not tick.new_step:
             return
         self._step, self._slot = tick.step, 0
+        self._step_ran_full = None
         if tick.step >= self.total_steps:
             self.stats.steps_beyond_total += 1
             if not self._warned_overflow:
@@ -296,16 +302,31 @@ class DeepCacheSession:
             else:
                 self._step_undecided = True
                 return
-        self._count_step(full=self._step_is_full)
+        self._plan_step(full=self._step_is_full)
 
-    def _count_step(self, full: bool) -> None:
+    def _plan_step(self, full: bool) -> None:
+        """Settle the schedule's verdict for the current step (what the passes then really do
+        is counted by :meth:`_count_pass`)."""
         if full:
             self._last_full_step = self._step
             self._change_sum, self._cached_in_a_row = 0.0, 0
-            self.stats.full_steps += 1
         else:
             self._cached_in_a_row += 1
-            self.stats.cached_steps += 1
+
+    def _count_pass(self, ran_full: bool) -> None:
+        """Count the step by what its passes did: it is a cached step only while every pass of
+        it has reused a stored feature; one pass that ran the whole UNet (a full step, or a miss)
+        makes it a full step."""
+        if self._step_ran_full is None:
+            self._step_ran_full = ran_full
+            if ran_full:
+                self.stats.full_steps += 1
+            else:
+                self.stats.cached_steps += 1
+        elif ran_full and not self._step_ran_full:
+            self._step_ran_full = True
+            self.stats.cached_steps -= 1
+            self.stats.full_steps += 1
 
     def _begin_pass(self, h: torch.Tensor) -> _Pass:
         if not self._announced:
@@ -321,14 +342,17 @@ class DeepCacheSession:
             if entry is not None and self._skip_at_refresh is not None:
                 return _Pass(_Mode.UNDECIDED, slot, key, store=store, entry=entry)
             self._step_undecided, self._step_is_full = False, True
-            self._count_step(full=True)
+            self._plan_step(full=True)
         if self._step_is_full:
             self.stats.full_passes += 1
+            self._count_pass(ran_full=True)
             return _Pass(_Mode.FULL, slot, key, store=store)
         if entry is None:
             self.stats.miss_passes += 1
+            self._count_pass(ran_full=True)
             return _Pass(_Mode.FULL, slot, key, store=store)
         self.stats.cached_passes += 1
+        self._count_pass(ran_full=False)
         return _Pass(_Mode.CACHED, slot, key, store=store, entry=entry)
 
     def _decide_adaptively(self, p: _Pass, skip: torch.Tensor) -> None:
@@ -343,13 +367,14 @@ class DeepCacheSession:
         self._change_sum += change
         full = self._change_sum >= self.params.threshold
         self._step_undecided, self._step_is_full = False, full
-        self._count_step(full=full)
+        self._plan_step(full=full)
         if full:
             p.mode, p.entry = _Mode.FULL, None
             self.stats.full_passes += 1
         else:
             p.mode = _Mode.CACHED
             self.stats.cached_passes += 1
+        self._count_pass(ran_full=full)
 
     # ----------------------------------------------------------------- per site
     def _wrapper_factory(self, site: Site) -> WrapperFactory:

@@ -29,7 +29,7 @@ import gradio as gr
 import torch
 from modules import script_callbacks, scripts, sd_samplers_common, shared
 
-from lib_deepcache import api_guard
+from lib_deepcache import api_guard, console, title_clash, xyz_axes
 from lib_deepcache.generation import GenerationRun, PassPlan
 from lib_deepcache.layout import UnsupportedUNetError, layout_of
 from lib_deepcache.params import MAX_DEPTH, SCHEDULES, DeepCacheParamError, DeepCacheParams
@@ -46,7 +46,6 @@ from lib_deepcache.unet_patcher import diffusion_model_of, patch_unet_patcher
 
 logger = logging.getLogger("deepcache")
 
-OVERRIDES_ATTR = "deepcache_overrides"  # set per X/Y/Z cell on the copied processing object
 ERROR_KEY = "DeepCache error"
 
 # The WebUI runs one generation at a time; this is it (None when idle).
@@ -100,6 +99,13 @@ def _current_unet() -> Any:
         ) from None
 
 
+def _checkpoint_id() -> str | None:
+    """The checkpoint the model holds now: A1111 loads a refiner of the base's config into the
+    same model object, so only this tells the refiner's weights from the base's."""
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    return getattr(info, "filename", None)
+
+
 def _is_img2img_pass(p: Any) -> bool:
     return bool(getattr(p, "is_hr_pass", False)) or hasattr(p, "init_images")
 
@@ -120,7 +126,36 @@ def _pass_plan(p: Any, args: ScriptArgs) -> PassPlan:
         executed = t_enc + 1
     else:
         steps, t_enc, executed = p.steps, None, p.steps
+    timesteps_plan = _timesteps_sampler_plan(p, steps, t_enc)
+    if timesteps_plan is not None:
+        return PassPlan(name, params, max(1, len(timesteps_plan)), timesteps_plan)
     return PassPlan(name, params, max(1, executed), _timestep_grid(p, steps, t_enc))
+
+
+# A1111's samplers that walk a list of integer UNet timesteps (sd_samplers_timesteps)
+_TIMESTEPS_SAMPLERS = ("ddim", "ddim_cfgpp", "plms")
+
+
+def _timesteps_sampler_plan(p: Any, steps: int, t_enc: int | None) -> list[float] | None:
+    """DDIM / PLMS: the timesteps their steps call the UNet at, or None for other samplers.
+
+    They walk ``get_timesteps(p, steps)`` (cut to its first ``t_enc`` entries for img2img) from
+    the last entry down to the second, one step per entry: ``t_enc - 1`` steps in img2img (5 of
+    12 at denoise 0.5), and one fewer than ``steps`` in txt2img where 1000 is a multiple of
+    ``steps``. PLMS's first step also evaluates the next step's timestep; on the grid, that call
+    belongs to the next step.
+    """
+    sampler = getattr(p, "sampler", None)
+    if getattr(sampler, "funcname", None) not in _TIMESTEPS_SAMPLERS:
+        return None
+    try:
+        timesteps = [float(t) for t in sampler.get_timesteps(p, steps)]
+    except Exception as error:  # an unusual sampler: fall back to the step clock alone
+        logger.debug("DeepCache: no timesteps from this sampler: %s", error)
+        return None
+    if t_enc is not None:
+        timesteps = timesteps[:t_enc]
+    return timesteps[1:][::-1]
 
 
 def _timestep_grid(p: Any, steps: int, t_enc: int | None) -> list[float] | None:
@@ -246,7 +281,8 @@ class DeepCacheScript(scripts.Script):
         for key in (INFOTEXT_KEY, INFOTEXT_HIRES_KEY, INFOTEXT_STEPS_KEY, ERROR_KEY):
             p.extra_generation_params.pop(key, None)
         try:
-            parsed = ScriptArgs.from_args(args).with_overrides(getattr(p, OVERRIDES_ATTR, {}))
+            overrides = getattr(p, xyz_axes.OVERRIDES_ATTR, {})
+            parsed = ScriptArgs.from_args(args).with_overrides(overrides)
         except DeepCacheParamError as error:
             p.extra_generation_params[ERROR_KEY] = str(error)
             logger.error("%s; this generation runs without DeepCache", error)
@@ -292,7 +328,8 @@ class DeepCacheScript(scripts.Script):
             if host is Host.FORGE:
                 _begin_forge_pass(run, p)
             elif host is Host.A1111:
-                run.begin_pass(_current_unet(), _pass_plan(p, p.deepcache_args))
+                plan = _pass_plan(p, p.deepcache_args)
+                run.begin_pass(_current_unet(), plan, model_id=_checkpoint_id())
             elif host is not Host.SDNEXT:  # SD.Next's passes are handled by the watcher
                 name = type(shared.sd_model).__name__
                 raise UnsupportedUNetError(
@@ -410,57 +447,52 @@ def _follow_refiner(params: Any) -> None:
     A1111 only: Forge fires this callback too, but its passes live on patcher clones."""
     run = _run
     if run is not None and run.session is not None and detect_host(shared.sd_model) is Host.A1111:
-        run.follow_unet(_current_unet())
+        run.follow_unet(_current_unet(), _checkpoint_id())
 
 
 def _install_api_guard(demo: Any, app: Any) -> None:
-    api_guard.install(app)
+    api_guard.install(app, owns_title=lambda: _title_owner().ours)
 
 
-def _xyz_axes() -> None:
+def _title_owner() -> title_clash.TitleOwner:
+    """Which loaded script titled "DeepCache" receives the API's args (the first loaded)."""
+    return title_clash.find_owner(title_clash.scripts_of(scripts.scripts_data), __file__)
+
+
+def _report_title_clash(demo: Any, app: Any) -> None:
+    message = _title_owner().console_message(__file__)
+    if message is not None and message not in _reported:
+        _reported.add(message)
+        logger.warning(message)
+
+
+def _add_xyz_axes(*_: Any) -> None:
+    """From ``on_before_ui`` (UI mode) and ``on_app_started`` (also API-only mode, where the
+    plot builds its axis list at the first request)."""
     module = next(
         (d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"),
         None,
     )
-    if module is None:
+    if module is not None:
+        xyz_axes.add_axes(module)
+
+
+def _offer_in_control_tab() -> None:
+    """SD.Next runs extension scripts in its Control tab only if their title is on its list."""
+    try:
+        import installer
+    except ImportError:
         return
-    labels = {axis.label for axis in module.axis_options}
-    for name, kind, choices in (
-        ("enabled", str, lambda: ["True", "False"]),
-        ("interval", int, None),
-        ("depth", int, None),
-        ("start", float, None),
-        ("end", float, None),
-        ("schedule", str, lambda: list(SCHEDULES)),
-        ("threshold", float, None),
-        ("max_cached", int, None),
-    ):
-        label = f"[DeepCache] {name.replace('_', ' ').capitalize()}"
-        if label in labels:
-            continue
-        module.axis_options.append(
-            module.AxisOption(
-                label, kind, _xyz_apply(name), confirm=_xyz_confirm(name), choices=choices
-            )
-        )
+    allowed = getattr(installer, "control_extensions", None)
+    if isinstance(allowed, list) and DeepCacheScript.title(None) not in allowed:
+        allowed.append(DeepCacheScript.title(None))
 
 
-def _xyz_apply(name: str) -> Any:
-    def apply(p: Any, value: Any, values: Any) -> None:
-        # A new dict per cell: the grid copies ``p`` shallowly for each cell.
-        setattr(p, OVERRIDES_ATTR, {**getattr(p, OVERRIDES_ATTR, {}), name: value})
-
-    return apply
-
-
-def _xyz_confirm(name: str) -> Any:
-    def confirm(p: Any, values: Any) -> None:
-        for value in values:
-            ScriptArgs.defaults().with_overrides({name: value})
-
-    return confirm
-
-
+console.route_to_host_console(getattr(shared, "log", None))
+if _is_sdnext():
+    _offer_in_control_tab()
 script_callbacks.on_cfg_denoiser(_follow_refiner)
 script_callbacks.on_app_started(_install_api_guard)
-script_callbacks.on_before_ui(_xyz_axes)
+script_callbacks.on_app_started(_report_title_clash)
+script_callbacks.on_app_started(_add_xyz_axes)
+script_callbacks.on_before_ui(_add_xyz_axes)

@@ -61,7 +61,9 @@ def test_model_swap_moves_the_hooks_and_restores_the_old_unet():
         call(refiner, t)
     run.close()
     run.close()
-    assert run.counts_infotext() == "2 full / 2 cached"
+    # steps 0 and 2 full by the schedule; step 1 was to be cached but missed on the new UNet and
+    # ran it whole, so it counts as full; step 3 reused the new UNet's step-2 feature
+    assert run.counts_infotext() == "3 full / 1 cached"
     moved = run.passes[0].stats[1]
     assert moved.miss_passes == 1  # step 1 (cached) found no feature on the new UNet: ran fully
     assert moved.cached_passes == 1  # step 3 used the new UNet's own step-2 feature
@@ -94,3 +96,28 @@ def test_per_call_sessions_do_not_follow_model_swaps():
     run.follow_unet(other)
     assert run.session is session and session.unet is base
     run.close()
+
+
+def test_refiner_weights_loaded_into_the_same_unet_get_a_fresh_cache():
+    """A1111 loads a refiner of the base's config into the same model object: the UNet object
+    stays, the checkpoint changes. Hand-worked with interval 2 over 4 steps, switching after
+    step 0: the base ran step 0 fully; the refiner's step 1 would be cached but must not read
+    the base's feature, so it runs fully on the new weights; step 2 is full by the schedule and
+    step 3 reuses the refiner's own step-2 feature."""
+    unet = build_unet("sd15", width=32, seed=1)
+    grid = [999.0, 750.0, 500.0, 250.0]
+    run = GenerationRun()
+    run.begin_pass(unet, PassPlan("first pass", ON, 4, grid), model_id="base.safetensors")
+    call(unet, 999)
+    base_session = run.session
+    run.follow_unet(unet, "base.safetensors")  # same weights: the session stays
+    assert run.session is base_session
+    unet.load_state_dict(build_unet("sd15", width=32, seed=2).state_dict())
+    run.follow_unet(unet, "refiner.safetensors")
+    assert run.session is not base_session and run.session.unet is unet
+    for t in (750, 500, 250):
+        call(unet, t)
+    run.close()
+    assert run.counts_infotext() == "3 full / 1 cached"
+    refined = run.passes[0].stats[1]
+    assert (refined.miss_passes, refined.cached_passes) == (1, 1)

@@ -28,17 +28,25 @@ def rig():
 
 
 @pytest.mark.parametrize(
-    ("sampler", "use_grid"),
-    [("euler", False), ("dpmpp_2m", False), ("heun", False), ("dpmpp_sde", True), ("dpm_2", True)],
+    ("sampler", "use_grid", "want_full"),
+    [
+        ("euler", False, [0, 3, 6]),
+        ("dpmpp_2m", False, [0, 3, 6]),
+        # Heun's correction at sigma_1 joins step 1 as its first call; step 1's own evaluation
+        # is then the first pass ever in its slot, finds nothing stored and runs fully
+        ("heun", False, [0, 1, 3, 6]),
+        ("dpmpp_sde", True, [0, 3, 6]),
+        ("dpm_2", True, [0, 3, 6]),
+    ],
 )
-def test_full_steps_match_the_schedule(rig, sampler, use_grid):
+def test_full_steps_match_the_schedule(rig, sampler, use_grid, want_full):
     sigmas = rig.sigmas(STEPS)
     grid = rig.timestep_grid(sigmas) if use_grid else None
     plain, _ = rig.sample(sampler, STEPS, batch=1, sigmas=sigmas)
     with DeepCacheSession(rig.unet, PARAMS, STEPS, timestep_grid=grid) as session:
         cached, _ = rig.sample(sampler, STEPS, batch=1, sigmas=sigmas)
     stats = session.stats
-    assert stats.full_steps == len(schedule.full_steps(PARAMS, STEPS))
+    assert stats.full_steps == len(want_full)
     assert stats.full_steps + stats.cached_steps == STEPS
     assert stats.steps_beyond_total == 0
     assert stats.cached_passes > 0
@@ -67,20 +75,28 @@ def test_second_order_calls_of_one_step_share_the_decision(rig):
     assert passes == len(guide.sigmas_seen)
 
 
-def replay(unet, calls, steps_of_calls, params, total_steps):
-    """Reference cache semantics: one feature per (slot within step), matched on shape."""
+def replay(unet, calls, steps_of_calls, params, total_steps, full_steps=None):
+    """Reference cache semantics: one feature per (slot within step, batch size). A call runs
+    fully on a step in ``full_steps`` (default: the schedule's) or when its slot holds no
+    feature of its batch size; otherwise it reuses that feature."""
     outputs, store = [], {}
     previous_step, slot = None, 0
     for call, step in zip(calls, steps_of_calls, strict=True):
         slot = slot + 1 if step == previous_step else 0
         previous_step = step
-        stored = store.get(slot)
-        usable = stored is not None and stored.shape[0] == call.x.shape[0]
+        key = (slot, call.x.shape[0])
+        full = (
+            schedule.is_full_step(params, step, total_steps)
+            if full_steps is None
+            else step in full_steps
+        )
         with torch.no_grad():
-            if schedule.is_full_step(params, step, total_steps) or not usable:
-                out, store[slot] = reference_pass(unet, call.x, call.t, call.context, params.depth)
+            if full or key not in store:
+                out, store[key] = reference_pass(unet, call.x, call.t, call.context, params.depth)
             else:
-                out, _ = reference_pass(unet, call.x, call.t, call.context, params.depth, stored)
+                out, _ = reference_pass(
+                    unet, call.x, call.t, call.context, params.depth, store[key]
+                )
         outputs.append(out)
     return outputs
 
@@ -128,6 +144,41 @@ def test_batch_shrink_mid_run_refreshes_instead_of_mixing(rig):
     want = replay(rig.unet, calls, list(range(STEPS)), PARAMS, STEPS)
     for i, (call, w) in enumerate(zip(calls, want, strict=True)):
         torch.testing.assert_close(call.out, w, rtol=1e-5, atol=1e-5, msg=f"call {i}")
+
+
+def test_ngms_alternating_batch_reuses_each_shapes_own_feature(rig):
+    """A1111's NGMS drops the uncond rows on every other step (batch 2, 1, 2, 1, ...). With one
+    entry per slot every cached step missed; each shape now keeps its own entry. Hand-worked,
+    interval 3 over 12 Euler steps (B = one row on odd steps): full by schedule 0, 3, 6, 9;
+    step 1 (B) has no B feature yet and step 4/7/10 find only a feature older than the last
+    full step, so those run fully; steps 2, 5, 8, 11 reuse a feature of their own shape."""
+    steps, params = 12, DeepCacheParams(enabled=True, interval=3, depth=1)
+    calls, remove = record_unet_calls(rig.unet)
+    try:
+        with DeepCacheSession(rig.unet, params, steps) as session:
+            rig.sample("euler", steps, batch=1, uncond_every_other=True)
+    finally:
+        remove()
+    assert [c.x.shape[0] for c in calls] == [2, 1] * 6
+    assert (session.stats.full_steps, session.stats.cached_steps) == (8, 4)
+    assert session.stats.cached_passes == 4
+    full = [0, 1, 3, 4, 6, 7, 9, 10]
+    want = replay(rig.unet, calls, list(range(steps)), params, steps, full_steps=full)
+    for i, (call, w) in enumerate(zip(calls, want, strict=True)):
+        torch.testing.assert_close(call.out, w, rtol=1e-5, atol=1e-5, msg=f"call {i}")
+
+
+def test_steps_whose_every_pass_missed_count_as_full_and_change_nothing(rig):
+    """Honest counts: at interval 2 under NGMS every cached step finds only a feature of the
+    other shape or an older one, so it runs the whole UNet: the image is the plain image, bit
+    for bit, and the counts say 12 full / 0 cached (they used to say 6 / 6)."""
+    steps, params = 12, DeepCacheParams(enabled=True, interval=2, depth=0)
+    plain, _ = rig.sample("euler", steps, batch=1, uncond_every_other=True)
+    with DeepCacheSession(rig.unet, params, steps) as session:
+        cached, _ = rig.sample("euler", steps, batch=1, uncond_every_other=True)
+    assert torch.equal(cached, plain)
+    assert (session.stats.full_steps, session.stats.cached_steps) == (12, 0)
+    assert session.stats.miss_passes == 6
 
 
 def test_timestep_going_up_starts_a_fresh_cache(rig):

@@ -1,0 +1,111 @@
+"""The DeepCache axes of the WebUI's X/Y/Z plot, and their refusal of bad values.
+
+The axes go into the loaded ``xyz_grid`` script module's ``axis_options``. They must be there
+before the plot script builds its axis list, which happens when the UI is built: in the UI
+mode right after ``on_before_ui``, in the API-only mode (``--nowebui``, where ``on_before_ui``
+never runs) lazily at the first generation request, after ``on_app_started``; so the host
+adapter adds them from both callbacks, and adding twice changes nothing.
+
+A bad value raised as a plain error from an axis' parse or confirm step reaches an API client
+as HTTP 500 with a traceback. Raised as ``fastapi.HTTPException(422)``, the WebUI's own API
+error handler answers 422 with the message and no traceback, and the UI shows the message.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .params import SCHEDULES, DeepCacheParamError
+from .script_args import ScriptArgs
+
+OVERRIDES_ATTR = "deepcache_overrides"  # set per X/Y/Z cell on the copied processing object
+
+# (argument name, value type, choices) per axis
+AXES: tuple[tuple[str, type, Callable[[], list[str]] | None], ...] = (
+    ("enabled", str, lambda: ["True", "False"]),
+    ("interval", int, None),
+    ("depth", int, None),
+    ("start", float, None),
+    ("end", float, None),
+    ("schedule", str, lambda: list(SCHEDULES)),
+    ("threshold", float, None),
+    ("max_cached", int, None),
+)
+
+_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)"
+# a number, or the plot's range forms: "1-5", "1-5 (+2)", "1-5 [3]"
+_NUMBER_OR_RANGE = re.compile(
+    rf"\s*{_NUMBER}\s*(?:-\s*{_NUMBER}\s*(?:\(\s*{_NUMBER}\s*\)|\[\s*\d+\s*\])?\s*)?"
+)
+
+
+def axis_label(name: str) -> str:
+    return f"[DeepCache] {name.replace('_', ' ').capitalize()}"
+
+
+def add_axes(xyz_module: Any) -> int:
+    """Append the axes missing from the plot module; returns how many were added."""
+    labels = {axis.label for axis in xyz_module.axis_options}
+    added = 0
+    for name, kind, choices in AXES:
+        label = axis_label(name)
+        if label in labels:
+            continue
+        xyz_module.axis_options.append(
+            xyz_module.AxisOption(
+                label,
+                kind,
+                _apply(name),
+                prepare=None if choices else _prepare(label),
+                confirm=_confirm(name, label),
+                choices=choices,
+            )
+        )
+        added += 1
+    return added
+
+
+def refuse(message: str) -> Exception:
+    """The error the WebUI turns into a clean HTTP 422 (its API error handler reads the
+    status code of a ``fastapi.HTTPException``)."""
+    try:
+        from fastapi import HTTPException
+    except ImportError:  # a host without FastAPI: a plain error still stops the plot
+        return ValueError(message)
+    return HTTPException(status_code=422, detail=message)
+
+
+def _apply(name: str) -> Callable[[Any, Any, Any], None]:
+    def apply(p: Any, value: Any, values: Any) -> None:
+        # A new dict per cell: the grid copies ``p`` shallowly for each cell.
+        setattr(p, OVERRIDES_ATTR, {**getattr(p, OVERRIDES_ATTR, {}), name: value})
+
+    return apply
+
+
+def _prepare(label: str) -> Callable[[str], list[str]]:
+    """Split the typed values as the plot does and refuse a non-number before the plot's own
+    ``int()``/``float()`` would raise it as a 500."""
+
+    def prepare(text: str) -> list[str]:
+        values = [value.strip() for value in next(csv.reader([text or ""]), [])]
+        for value in values:
+            if value and not _NUMBER_OR_RANGE.fullmatch(value):
+                raise refuse(f"{label}: {value!r} is not a number or a range such as 1-5")
+        return values
+
+    return prepare
+
+
+def _confirm(name: str, label: str) -> Callable[[Any, Any], None]:
+    def confirm(p: Any, values: Any) -> None:
+        for value in values:
+            try:
+                ScriptArgs.defaults().with_overrides({name: value})
+            except DeepCacheParamError as error:
+                raise refuse(f"{label}: {error}") from None
+
+    return confirm

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Build one real WebUI host from ../shared/hosts once per machine and print its directory.
+#
+#   bash tools/hosts/build.sh a1111|forge|sdnext
+#
+# The build goes to $DEEPCACHE_HOSTS_DIR (default ~/.cache/sd-webui-deepcache-hosts)/HOST-KEY,
+# outside the clone; KEY is a checksum of the host's recipe folder and the build flags, so a
+# rerun on the same machine reuses a finished build and a changed recipe builds anew. Then
+# tools/hosts/HOST-extras.sh (this project's additions: extra checkpoints, test extensions), if
+# there is one, runs once per version of that file. Only the last line of stdout is the
+# directory; the logs go to stderr.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+host="${1:?usage: build.sh a1111|forge|sdnext}"
+shared="${DEEPCACHE_SHARED_DIR:-$root/../shared}/hosts"
+case "$host" in
+  a1111) flags=(--full --with-aria) ;;
+  forge) flags=(--with-anchor) ;;
+  sdnext) flags=(--no-smoke) ;;
+  *) echo "unknown host: $host" >&2; exit 2 ;;
+esac
+[ -d "$shared/$host" ] || { echo "no recipe at $shared/$host" >&2; exit 1; }
+key=$( { (cd "$shared/$host" && find . -type f -print0 | sort -z | xargs -0 sha256sum);
+         echo "${flags[*]}"; } | sha256sum | cut -c1-12)
+base="${DEEPCACHE_HOSTS_DIR:-$HOME/.cache/sd-webui-deepcache-hosts}"
+target="$base/$host-$key"
+if [ ! -f "$target/.deepcache-built" ]; then
+  mkdir -p "$base"
+  start=$(date +%s)
+  PYTHON="${PYTHON:-python3.11}" bash "$shared/$host/build.sh" "$target" "${flags[@]}" >&2
+  echo "$(( $(date +%s) - start ))" > "$target/.deepcache-built"
+  echo "built $host in $(cat "$target/.deepcache-built") s: $target" >&2
+fi
+extras="$here/$host-extras.sh"
+if [ -f "$extras" ]; then
+  stamp="$target/.deepcache-extras-$(sha256sum "$extras" | cut -c1-12)"
+  if [ ! -f "$stamp" ]; then
+    bash "$extras" "$target" "$shared/$host" >&2
+    touch "$stamp"
+  fi
+fi
+echo "$target"
