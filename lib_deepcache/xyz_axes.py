@@ -14,6 +14,7 @@ error handler answers 422 with the message and no traceback, and the UI shows th
 from __future__ import annotations
 
 import csv
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -49,21 +50,18 @@ def axis_label(name: str) -> str:
 def add_axes(xyz_module: Any) -> int:
     """Append the axes missing from the plot module; returns how many were added."""
     labels = {axis.label for axis in xyz_module.axis_options}
+    # SD.Next's AxisOption has no ``prepare`` (its plot parses numbers itself)
+    takes_prepare = "prepare" in inspect.signature(xyz_module.AxisOption).parameters
     added = 0
     for name, kind, choices in AXES:
         label = axis_label(name)
         if label in labels:
             continue
-        xyz_module.axis_options.append(
-            xyz_module.AxisOption(
-                label,
-                kind,
-                _apply(name),
-                prepare=None if choices else _prepare(label),
-                confirm=_confirm(name, label),
-                choices=choices,
-            )
+        extra = {"prepare": _prepare(label)} if takes_prepare and not choices else {}
+        option = xyz_module.AxisOption(
+            label, kind, _apply(name), confirm=_confirm(name, label), choices=choices, **extra
         )
+        xyz_module.axis_options.append(option)
         added += 1
     return added
 

@@ -53,6 +53,7 @@ _run: GenerationRun | None = None
 _watcher: PassWatcher | None = None
 # Unsupported-model messages already printed to the console (each is printed once).
 _reported: set[str] = set()
+_xyz_done = False  # the X/Y/Z axes are added once, before the first UI component
 
 
 class Host(Enum):
@@ -146,7 +147,8 @@ def _timesteps_sampler_plan(p: Any, steps: int, t_enc: int | None) -> list[float
     belongs to the next step.
     """
     sampler = getattr(p, "sampler", None)
-    if getattr(sampler, "funcname", None) not in _TIMESTEPS_SAMPLERS:
+    funcname = getattr(sampler, "funcname", None)  # the sampling function itself, or its name
+    if getattr(funcname, "__name__", funcname) not in _TIMESTEPS_SAMPLERS:
         return None
     try:
         timesteps = [float(t) for t in sampler.get_timesteps(p, steps)]
@@ -466,15 +468,26 @@ def _report_title_clash(demo: Any, app: Any) -> None:
         logger.warning(message)
 
 
-def _add_xyz_axes(*_: Any) -> None:
-    """From ``on_before_ui`` (UI mode) and ``on_app_started`` (also API-only mode, where the
-    plot builds its axis list at the first request)."""
+def _add_xyz_axes(*_: Any, **__: Any) -> None:
+    """Add the axes before the X/Y/Z plot builds its axis list in its ``ui()``.
+
+    That happens inside the host's UI building, whose first component raises
+    ``on_before_component``: in the UI mode, and in the API-only mode too, where the API builds
+    the UI once at start-up, before ``on_before_ui`` and ``on_app_started`` run."""
+    global _xyz_done
+    if _xyz_done:
+        return
     module = next(
-        (d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"),
+        (
+            d.module
+            for d in scripts.scripts_data
+            if hasattr(d.module, "axis_options") and hasattr(d.module, "AxisOption")
+        ),
         None,
     )
     if module is not None:
         xyz_axes.add_axes(module)
+    _xyz_done = True
 
 
 def _offer_in_control_tab() -> None:
@@ -494,5 +507,4 @@ if _is_sdnext():
 script_callbacks.on_cfg_denoiser(_follow_refiner)
 script_callbacks.on_app_started(_install_api_guard)
 script_callbacks.on_app_started(_report_title_clash)
-script_callbacks.on_app_started(_add_xyz_axes)
-script_callbacks.on_before_ui(_add_xyz_axes)
+script_callbacks.on_before_component(_add_xyz_axes)

@@ -45,7 +45,7 @@ def boot():
                 )
         if path.name == "xyz_grid.py":
             xyz = module
-    script_callbacks.before_ui_callback()
+    script_callbacks.before_component_callback(None)  # the UI's first component
     return xyz
 
 

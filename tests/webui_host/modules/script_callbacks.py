@@ -37,8 +37,8 @@ def on_cfg_denoiser(callback):
     callback_map["cfg_denoiser"].append(callback)
 
 
-def on_before_ui(callback):
-    callback_map["before_ui"].append(callback)
+def on_before_component(callback):
+    callback_map["before_component"].append(callback)
 
 
 def app_started_callback(demo, app):
@@ -49,8 +49,12 @@ def cfg_denoiser_callback(params):
     _fire("cfg_denoiser", params)
 
 
-def before_ui_callback():
-    _fire("before_ui")
+def before_component_callback(component, **kwargs):
+    for callback in list(callback_map["before_component"]):
+        try:
+            callback(component, **kwargs)
+        except Exception:
+            errors.report(f"Error in callback before_component: {callback}", exc_info=True)
 
 
 def remove_callbacks_for_function(function):

@@ -1,0 +1,116 @@
+"""The DeepCache accordion in the real hosts' pages (A1111 and Forge with ``--ui``), driven by
+headless Chromium: it is on txt2img and img2img, ticking it and generating writes DeepCache into
+the infotext the page shows. Screenshots go to artifacts/ (kept by CI)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+PAGE_TIMEOUT_S = 180
+GENERATE_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail("Debian's chromium and chromium-driver are needed (tools/setup.sh)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1800",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, script: str, timeout: float, what: str):
+    """Poll a JavaScript expression in the page until it is truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(f"return ({script});")
+        if value:
+            return value
+        time.sleep(0.5)
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / "ui-timeout.png"))
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+APP = "(document.querySelector('gradio-app')?.shadowRoot || document)"
+
+
+def set_number(driver, elem_id: str, value: int) -> None:
+    """Type into a gradio number box the way a user does (the slider follows)."""
+    driver.execute_script(
+        f"""const box = {APP}.querySelector('#{elem_id} input[type=number]');
+        box.value = arguments[0];
+        box.dispatchEvent(new Event('input', {{bubbles: true}}));
+        box.dispatchEvent(new Event('change', {{bubbles: true}}));""",
+        value,
+    )
+
+
+def test_accordion_ticks_and_generates_with_deepcache_in_the_infotext(host, browser):
+    if host.name == "sdnext":
+        pytest.skip("SD.Next: its UI test is the Control tab check in test_bugs.py")
+    browser.get(host.url + "/")
+    wait_for(browser, f"{APP}.querySelector('#txt2img_generate')", PAGE_TIMEOUT_S, "the page")
+    for tab in ("txt2img", "img2img"):
+        wait_for(
+            browser,
+            f"{APP}.querySelector('#script_{tab}_deepcache_enabled')",
+            30,
+            f"the DeepCache accordion on {tab}",
+        )
+    # the header checkbox A1111's page script puts into the accordion's label
+    box = f"{APP}.querySelector('#script_txt2img_deepcache_enabled-visible-checkbox')"
+    wait_for(browser, box, 30, "the accordion's header checkbox")
+    browser.execute_script(f"{box}.click();")
+    assert browser.execute_script(f"return {box}.checked;")
+    wait_for(
+        browser,
+        f"{APP}.querySelector('#script_txt2img_deepcache_interval')?.offsetParent !== null",
+        30,
+        "the opened accordion's controls",
+    )
+    set_number(browser, "txt2img_width", 64)
+    set_number(browser, "txt2img_height", 64)
+    set_number(browser, "txt2img_steps", 12)
+    prompt = f"{APP}.querySelector('#txt2img_prompt textarea')"
+    browser.execute_script(
+        f"const t = {prompt}; t.value = 'a photo of a cat';"
+        " t.dispatchEvent(new Event('input', {bubbles: true}));"
+    )
+    browser.execute_script(f"{APP}.querySelector('#txt2img_generate').click();")
+    info = wait_for(
+        browser,
+        f"{APP}.querySelector('#html_info_txt2img')?.innerText.includes('DeepCache steps')"
+        f" && {APP}.querySelector('#html_info_txt2img').innerText",
+        GENERATE_TIMEOUT_S,
+        "an infotext with DeepCache steps",
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / f"ui-{host.name}-txt2img.png"))
+    assert 'DeepCache: "interval 3, depth 0, start 0%, end 100%, uniform"' in info
+    assert "DeepCache steps: 4 full / 8 cached" in info
