@@ -373,9 +373,8 @@ class HostServer:
         A build of the same host already running (started by hand or by another session) is
         waited for instead of started twice; a lock file serialises our own sessions.
         """
-        base = Path(
-            os.environ.get("DEEPCACHE_HOSTS_DIR", Path.home() / ".cache/sd-webui-deepcache-hosts")
-        )
+        # no dot in the path: gradio refuses (403) to serve page scripts from a hidden folder
+        base = Path(os.environ.get("DEEPCACHE_HOSTS_DIR", Path.home() / "sd-webui-deepcache-hosts"))
         base.mkdir(parents=True, exist_ok=True)
         log_dir = self.log_dir or base
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -502,6 +501,10 @@ class HostServer:
             )
         env = {**os.environ, **dict(self.spec.env), "PORT": str(self.spec.port)}
         args = [str(self.target / "start.sh"), *(["--ui"] if ui else []), *self.spec.start_args]
+        if self.name == "forge":
+            # Forge's page scripts live in webui/, but gradio 4 serves files only from the
+            # allowed paths, which default to --data-dir alone (a recipe quirk: 403 otherwise)
+            args += ["--gradio-allowed-path", str(self.target / "webui")]
         mark = self.start_mark = self.log_mark()
         try:
             proc = subprocess.run(

@@ -44,7 +44,7 @@ def browser() -> Iterator[object]:
     driver.quit()
 
 
-def wait_for(driver, script: str, timeout: float, what: str):
+def wait_for(driver, script: str, timeout: float, what: str, shot: str = "ui-timeout"):
     """Poll a JavaScript expression in the page until it is truthy."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -53,7 +53,7 @@ def wait_for(driver, script: str, timeout: float, what: str):
             return value
         time.sleep(0.5)
     ARTIFACTS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / "ui-timeout.png"))
+    driver.save_screenshot(str(ARTIFACTS / f"{shot}.png"))
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -85,14 +85,20 @@ def test_accordion_ticks_and_generates_with_deepcache_in_the_infotext(host, brow
         )
     # the header checkbox A1111's page script puts into the accordion's label
     box = f"{APP}.querySelector('#script_txt2img_deepcache_enabled-visible-checkbox')"
-    wait_for(browser, box, 30, "the accordion's header checkbox")
-    browser.execute_script(f"{box}.click();")
+    # set up by the page's script once the UI has loaded
+    wait_for(browser, box, PAGE_TIMEOUT_S, "the accordion's header checkbox", f"ui-{host.name}")
+    browser.execute_script(f"{box}.click();")  # ticks without opening, as a user's click does
     assert browser.execute_script(f"return {box}.checked;")
+    hidden = f"{APP}.querySelector('#script_txt2img_deepcache_enabled-checkbox input')"
+    assert browser.execute_script(f"return {hidden}.checked;")
+    label = f"{APP}.querySelector('#script_txt2img_deepcache_enabled .label-wrap')"
+    browser.execute_script(f"{label}.click();")  # open it to show the controls
     wait_for(
         browser,
         f"{APP}.querySelector('#script_txt2img_deepcache_interval')?.offsetParent !== null",
         30,
         "the opened accordion's controls",
+        f"ui-{host.name}",
     )
     set_number(browser, "txt2img_width", 64)
     set_number(browser, "txt2img_height", 64)

@@ -3,8 +3,9 @@
 #
 #   bash tools/hosts/build.sh a1111|forge|sdnext
 #
-# The build goes to $DEEPCACHE_HOSTS_DIR (default ~/.cache/sd-webui-deepcache-hosts)/HOST-KEY,
-# outside the clone; KEY is a checksum of the host's recipe folder and the build flags, so a
+# The build goes to $DEEPCACHE_HOSTS_DIR (default ~/sd-webui-deepcache-hosts)/HOST-KEY,
+# outside the clone (no dot in the path: gradio refuses to serve the page scripts from a hidden
+# folder); KEY is a checksum of the host's recipe folder and the build flags, so a
 # rerun on the same machine reuses a finished build and a changed recipe builds anew. Then
 # tools/hosts/HOST-extras.sh (this project's additions: extra checkpoints, test extensions), if
 # there is one, runs once per version of that file. Only the last line of stdout is the
@@ -23,7 +24,7 @@ esac
 [ -d "$shared/$host" ] || { echo "no recipe at $shared/$host" >&2; exit 1; }
 key=$( { (cd "$shared/$host" && find . -type f -print0 | sort -z | xargs -0 sha256sum);
          echo "${flags[*]}"; } | sha256sum | cut -c1-12)
-base="${DEEPCACHE_HOSTS_DIR:-$HOME/.cache/sd-webui-deepcache-hosts}"
+base="${DEEPCACHE_HOSTS_DIR:-$HOME/sd-webui-deepcache-hosts}"
 target="$base/$host-$key"
 if [ ! -f "$target/.deepcache-built" ]; then
   mkdir -p "$base"
