@@ -113,38 +113,6 @@ def visible_text(driver) -> str:
     )
 
 
-def test_accordion_opens_shows_labelled_controls_and_enables(page, browser):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser.get(page)
-    wait = WebDriverWait(browser, 60)
-    header = wait.until(
-        ec.element_to_be_clickable(
-            (
-                By.XPATH,
-                "//*[@id='script_txt2img_deepcache_accordion']//*[contains(text(), 'DeepCache')]",
-            )
-        )
-    )
-    assert "Cache interval" not in visible_text(browser), "the accordion must start closed"
-    header.click()
-    wait.until(lambda d: "Cache interval" in visible_text(d))
-    text = visible_text(browser)
-    for label in LABELS:
-        assert label in text, label
-    checkbox = browser.find_element(By.CSS_SELECTOR, "#script_txt2img_deepcache_enabled input")
-    assert not checkbox.is_selected()
-    checkbox.click()
-    wait.until(lambda d: checkbox.is_selected())
-    for label in LABELS:
-        assert label in visible_text(browser), label
-    assert page_errors(browser) == []
-    ARTIFACTS.mkdir(exist_ok=True)
-    assert browser.save_screenshot(str(ARTIFACTS / "ui-deepcache.png"))
-
-
 def test_hover_hints_cover_every_label(page, browser):
     browser.get(page)
     script = (ROOT / "javascript" / "deepcache_hints.js").read_text()

@@ -1,4 +1,7 @@
-"""The AUTOMATIC1111 extension on a faithful stand-in of the WebUI (tests/webui_host)."""
+"""What the real A1111 1.10.1 in tests/e2e cannot show, on a stand-in of the WebUI written from
+its source (tests/webui_host): the 1.6-1.9 hook path, paste-back into the controls, a refiner
+of another config (a new UNet object), X/Y/Z cells leaving settings untouched, and failures
+injected mid-sampling. Every scenario a real host can run lives in tests/e2e."""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 HOST = Path(__file__).resolve().parent / "webui_host"
 sys.path.insert(0, str(HOST))
@@ -14,7 +16,7 @@ sys.path.insert(0, str(HOST))
 from modules import errors, processing, scripts, shared  # noqa: E402
 from modules.infotext_utils import parse_generation_parameters, paste  # noqa: E402
 from modules.sd_models_standin import LatentDiffusion  # noqa: E402
-from webui import boot, defaults, init_script_args, runner  # noqa: E402
+from webui import boot, defaults, runner  # noqa: E402
 
 from tests.support import assert_same_fingerprint, unet_fingerprint  # noqa: E402
 
@@ -67,94 +69,12 @@ def info(processed):
     return parse_generation_parameters(processed.infotexts[0])
 
 
-def test_the_script_is_always_visible_with_elem_ids(host):
-    script = host["txt2img"].alwayson_scripts[0]
-    assert script.title() == "DeepCache"
-    assert script.args_to - script.args_from == 11
-    controls = host["txt2img"].inputs[script.args_from : script.args_to]
-    ids = [c.elem_id for c in controls]
-    assert ids[0] == "script_txt2img_deepcache_enabled-checkbox"  # InputAccordion's own id
-    assert ids[1:] == [
-        f"script_txt2img_deepcache_{name}"
-        for name in (
-            "interval",
-            "depth",
-            "start",
-            "end",
-            "schedule",
-            "hires_enabled",
-            "hires_interval",
-            "hires_depth",
-            "threshold",
-            "max_cached",
-        )
-    ]
-    assert script.paste_field_names == ["DeepCache", "DeepCache hires"]
-
-
-def test_txt2img_caches_and_writes_infotext(host):
-    before = unet_fingerprint(host["base"].model.diffusion_model)
-    _, plain = txt2img(host)
-    _p, cached = txt2img(host, ON)
-    fields = info(cached)
-    assert fields["DeepCache"] == "interval 3, depth 0, start 0%, end 100%, uniform"
-    assert fields["DeepCache steps"] == "3 full / 6 cached"
-    assert "DeepCache hires" not in fields
-    assert not torch.equal(plain.samples[0], cached.samples[0])
-    assert "DeepCache" not in info(plain)
-    assert_same_fingerprint(before, unet_fingerprint(host["base"].model.diffusion_model))
-
-
-def test_disabled_changes_nothing_and_is_bit_identical(host):
-    unet = host["base"].model.diffusion_model
-    before = unet_fingerprint(unet)
-    seen = []
-    handle = unet.register_forward_pre_hook(lambda m, a: seen.append(unet_fingerprint(unet)))
-    try:
-        _, off = txt2img(host, [False, 3, 0])
-    finally:
-        handle.remove()
-    for during in seen:
-        assert during["forwards"] == before["forwards"]
-        assert during["hooks"][""] == (before["hooks"][""][0] + 1, before["hooks"][""][1])
-    p = processing.Txt2Img(steps=9)
-    p.scripts = scripts.ScriptRunner()  # the WebUI without this extension
-    bare = processing.process_images(p)
-    assert torch.equal(off.samples[0], bare.samples[0])
-    assert "DeepCache" not in processing.create_infotext(p)
-
-
-def test_hires_pass_has_its_own_params_and_fresh_cache(host):
-    _p, processed = txt2img(host, ON, enable_hr=True, hr_second_pass_steps=4)
-    fields = info(processed)
-    assert fields["DeepCache hires"] == "interval 2, depth 1"
-    assert fields["DeepCache steps"] == "first pass 3 full / 6 cached; hires 2 full / 2 cached"
-
-
 def test_hires_pass_can_be_left_uncached(host):
     values = [*ON[:6], False]
     _, processed = txt2img(host, values, enable_hr=True, hr_second_pass_steps=4)
     fields = info(processed)
     assert fields["DeepCache hires"] == "off"
     assert fields["DeepCache steps"] == "3 full / 6 cached"
-
-
-def test_img2img_window_counts_executed_steps(host):
-    """Denoising 0.5 of 20 steps executes 11; the 20-80 % window applies to those 11."""
-    values = [True, 3, 0, 0.2, 0.8, "uniform"]
-    _, processed = img2img(host, values, denoising_strength=0.5)
-    # executed 11 steps, window [3, 9): steps 3 and 6 refresh inside it, 5 steps outside
-    assert info(processed)["DeepCache steps"] == "7 full / 4 cached"
-
-
-def test_inpainting_model(host):
-    inpaint = LatentDiffusion("sd15-inpaint", width=32, seed=3, name="inpaint")
-    shared.sd_model = inpaint
-    before = unet_fingerprint(inpaint.model.diffusion_model)
-    _, processed = img2img(host, ON, denoising_strength=0.75, image_mask="mask")
-    assert info(processed)["DeepCache steps"] == "6 full / 10 cached"
-    assert torch.isfinite(processed.samples[0]).all()
-    assert_same_fingerprint(before, unet_fingerprint(inpaint.model.diffusion_model))
 
 
 def test_refiner_switch_hooks_the_new_unet_and_restores_both(host):
@@ -188,34 +108,6 @@ def test_webui_before_1_10_hooks_through_process_batch_and_before_hr(host, monke
         info(processed)["DeepCache steps"]
         == "first pass 3 full / 6 cached; hires 2 full / 2 cached"
     )
-
-
-@pytest.mark.parametrize(
-    ("sampler", "txt2img_counts", "img2img_counts"),
-    [
-        ("DPM++ SDE", "3 full / 6 cached", "4 full / 7 cached"),
-        ("DPM2", "3 full / 6 cached", "4 full / 7 cached"),
-        # Heun's correction call opens step 1, whose own call is the first in its slot: it
-        # finds no feature and runs fully, and is counted full
-        ("Heun", "4 full / 5 cached", "5 full / 6 cached"),
-    ],
-)
-def test_second_order_samplers_count_steps_not_calls(
-    host, sampler, txt2img_counts, img2img_counts, caplog
-):
-    """The adapter hands the sampler's timestep grid to the engine, so midpoint evaluations
-    stay in their step, in txt2img and in img2img's partial schedule."""
-    _, processed = txt2img(host, ON, sampler_name=sampler)
-    assert info(processed)["DeepCache steps"] == txt2img_counts
-    _, processed = img2img(host, ON, sampler_name=sampler, denoising_strength=0.5)
-    assert info(processed)["DeepCache steps"] == img2img_counts
-    assert "timestep grid" not in caplog.text
-
-
-def test_batch_count_gives_each_iteration_fresh_sessions(host):
-    _, processed = txt2img(host, ON, n_iter=2)
-    for text in processed.infotexts:
-        assert parse_generation_parameters(text)["DeepCache steps"] == "3 full / 6 cached"
 
 
 def test_infotext_round_trip_restores_every_control(host):
@@ -310,92 +202,6 @@ def test_an_error_mid_sampling_unhooks_when_the_host_closes_p(host):
 
 
 # ----------------------------------------------------------------------------- API
-@pytest.fixture
-def api(host):
-    from fastapi import FastAPI
-    from fastapi.testclient import TestClient
-    from modules import api as api_module
-    from modules import script_callbacks
-
-    app = api_module.create_api(
-        FastAPI(), {"txt2img": host["txt2img"], "img2img": host["img2img"]}, init_script_args
-    )
-    client = TestClient(app)
-    assert client.post("/sdapi/v1/txt2img", json={"steps": 2}).status_code == 200
-    script_callbacks.app_started_callback(None, app)  # after start-up, as the WebUI does
-    api_module.generations.clear()
-    return client, api_module.generations
-
-
-def test_api_positional_args(api):
-    client, _generations = api
-    response = client.post(
-        "/sdapi/v1/txt2img",
-        json={"steps": 9, "alwayson_scripts": {"DeepCache": {"args": [True, 3, 1]}}},
-    )
-    assert response.status_code == 200, response.text
-    fields = parse_generation_parameters(response.json()["info"])
-    assert fields["DeepCache"] == "interval 3, depth 1, start 0%, end 100%, uniform"
-    assert fields["DeepCache steps"] == "3 full / 6 cached"
-
-
-def test_api_named_args_in_one_object(api):
-    client, _ = api
-    args = {
-        "enabled": True,
-        "interval": 4,
-        "depth": 2,
-        "schedule": "non-uniform",
-        "hires": {"enabled": False},
-    }
-    response = client.post(
-        "/sdapi/v1/img2img",
-        json={
-            "steps": 10,
-            "denoising_strength": 0.5,
-            "alwayson_scripts": {"deepcache": {"args": [args]}},
-        },
-    )
-    assert response.status_code == 200, response.text
-    fields = parse_generation_parameters(response.json()["info"])
-    assert fields["DeepCache"] == "interval 4, depth 2, start 0%, end 100%, non-uniform"
-    assert fields["DeepCache steps"] == "2 full / 4 cached"
-
-
-@pytest.mark.parametrize(
-    ("args", "field"),
-    [
-        ([True, 0], "interval"),
-        ([True, 3, 12], "depth"),
-        ([True, 3, 0, 0.9, 0.1], "start"),
-        ([True, 3, 0, 0, 1, "cosine"], "schedule"),
-        ([True, 3, 0, 0, 1, "uniform", True, 2, 1, 0.2, 4, "extra"], "args"),
-        ([True, 3, 0, 0, 1, "adaptive", True, 2, 1, -0.5], "threshold"),
-        ([{"enabled": True, "intervall": 3}], "intervall"),
-        ([{"enabled": True, "hires": {"depth": -1}}], "hires_depth"),
-        ([None], "enabled"),
-        ("yes", "args"),
-    ],
-)
-def test_api_bad_args_get_422_naming_the_field_and_nothing_runs(api, args, field):
-    client, generations = api
-    response = client.post(
-        "/sdapi/v1/txt2img", json={"steps": 4, "alwayson_scripts": {"DeepCache": {"args": args}}}
-    )
-    assert response.status_code == 422
-    body = response.json()
-    assert body["field"] == field
-    assert field in body["detail"]
-    assert generations == []
-
-
-def test_api_requests_without_deepcache_pass_untouched(api):
-    client, generations = api
-    assert client.post("/sdapi/v1/txt2img", json={"steps": 2}).status_code == 200
-    assert client.post("/sdapi/v1/txt2img", content=b"not json").status_code == 422
-    assert len(generations) == 1
-
-
 def test_api_guard_installs_once():
     from fastapi import FastAPI
 
