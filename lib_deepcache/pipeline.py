@@ -43,7 +43,7 @@ def scheduler_steps(scheduler: Any, first_timestep: float) -> tuple[int, list[fl
         raise ValueError(
             f"{type(scheduler).__name__} has no timestep {first_timestep:g} in its schedule"
         )
-    grid = timesteps[begin:]
+    grid = timesteps[begin::order]
     return len(grid), grid
 
 

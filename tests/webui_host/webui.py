@@ -63,14 +63,3 @@ def runner(is_img2img):
 def defaults(r):
     """The script args a generation gets when the user changes nothing: the controls' values."""
     return [getattr(c, "value", None) for c in r.inputs]
-
-
-def init_script_args(r, request_scripts):
-    """The API: start from the defaults, overwrite each named always-on script's args."""
-    args = defaults(r)
-    for title, entry in (request_scripts or {}).items():
-        script = next(s for s in r.alwayson_scripts if s.title().lower() == title.lower())
-        given = entry.get("args", [])
-        for i in range(min(script.args_to - script.args_from, len(given))):
-            args[script.args_from + i] = given[i]
-    return tuple(args)
