@@ -48,6 +48,7 @@ class HostSpec:
     name: str
     port: int
     extensions_dir: str  # relative to TARGET
+    config: str  # the host's settings file, relative to TARGET
     other_extension: str | None  # folder of the other extension titled "DeepCache"
     start_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
@@ -58,6 +59,7 @@ SPECS: dict[str, HostSpec] = {
         "a1111",
         7861,
         "data/extensions",
+        "data/config.json",
         "sd-webui-deepcache-standalone",
         start_args=("--threads", "1"),
     ),
@@ -65,6 +67,7 @@ SPECS: dict[str, HostSpec] = {
         "forge",
         7880,
         "data/extensions",
+        "data/config.json",
         "sd-deepcache",
         env=(("OMP_NUM_THREADS", "1"), ("FORGE_PORT", "7880")),
     ),
@@ -72,6 +75,7 @@ SPECS: dict[str, HostSpec] = {
         "sdnext",
         7890,
         "sdnext/extensions",
+        "sdnext/config.json",
         None,  # its DeepCache is built in (a setting, off by default), not an extension
         env=(("OMP_NUM_THREADS", "1"),),
     ),
@@ -499,6 +503,7 @@ class HostServer:
                 f"{self.name}: a server from elsewhere runs (pid {leftover}); "
                 f"stop it with {self.target / 'stop.sh'}"
             )
+        self._restore_settings()
         env = {**os.environ, **dict(self.spec.env), "PORT": str(self.spec.port)}
         args = [str(self.target / "start.sh"), *(["--ui"] if ui else []), *self.spec.start_args]
         if self.name == "forge":
@@ -529,6 +534,18 @@ class HostServer:
         self.state = HostState(
             ui=ui, other_extension=self.other_extension_present(), folder=self._installed or ""
         )
+
+    def _restore_settings(self) -> None:
+        """Start every run from the settings the build made. A test's ``/sdapi/v1/options``
+        call saves all settings in memory, including a checkpoint another test selected with
+        ``override_settings``, and A1111 restores no override that its config file lacks."""
+        config = self.target / self.spec.config
+        pristine = self.target / "run" / "config.e2e-pristine.json"
+        if pristine.is_file():
+            shutil.copy2(pristine, config)
+        elif config.is_file():
+            pristine.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(config, pristine)
 
     def stop(self) -> None:
         """Stop the server this session started; harmless when it is not running."""

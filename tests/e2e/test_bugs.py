@@ -122,40 +122,64 @@ def test_a1111_timesteps_samplers_plan_img2img_over_the_executed_steps(a1111, sa
     assert sum(counts(cached)) == 5
 
 
-@pytest.mark.parametrize(("sampler", "want"), [("DDIM", (4, 8)), ("PLMS", (5, 7))])
+@pytest.mark.parametrize(("sampler", "want"), [("DDIM", (7, 2)), ("PLMS", (8, 1))])
 def test_a1111_timesteps_samplers_txt2img_counts(a1111, sampler, want):
-    """12 txt2img steps (DDIM/PLMS walk 13 timesteps, 1000 // 12 = 83 apart); interval 3: full
-    at 0, 3, 6, 9, and for PLMS also step 1 (see above)."""
-    payload = base_payload(a1111, sampler_name=sampler)
+    """10 txt2img steps: DDIM/PLMS walk range(0, 1000, 100) + 1, ten timesteps, so 9 steps
+    run. End 0.44 allows caching in steps 0..3 of 9 (over the 10 planned before: 0..4):
+    interval 3 gives full 0 and 3, cached 1 and 2, full 4..8: 7 full / 2 cached (PLMS: step 1
+    full too, as above)."""
+    payload = base_payload(a1111, sampler_name=sampler, steps=10)
     plain = a1111.txt2img(payload)
-    cached = a1111.txt2img({**payload, "alwayson_scripts": deepcache(interval=3)})
-    assert cached.sampler_runs == [12]
+    cached = a1111.txt2img({**payload, "alwayson_scripts": deepcache(interval=3, end=0.44)})
+    assert cached.sampler_runs == [9]
     assert counts(cached) == want
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
 
 
 # --------------------------------------------------------------------------- d. refiner
-def test_a1111_refiner_of_the_same_config_gets_a_fresh_cache(a1111):
-    """tiny-sd15-refiner has the base's config (another seed), so A1111 loads its weights into
-    the same model object. Switching by sampling steps at 0.6 of 12: the refiner takes over at
-    step 8 (8/12 >= 0.6 > 7/12). Interval 3: full 0, 3, 6, 9; step 8 would reuse step 6's
-    feature, computed by the base's weights: it must run whole on the refiner's instead:
-    5 full / 7 cached (it said 4 / 8 and fed the refiner the base's feature)."""
+# Switching by sampling steps at 0.6 of 12, the refiner takes over at step 8 (8/12 >= 0.6 >
+# 7/12). Interval 3: full 0, 3, 6, 9; step 8 would reuse step 6's feature, computed with the
+# base's weights: it must run whole on the refiner's instead, so 5 full / 7 cached.
+REFINER_COUNTS = (5, 7)
+
+
+def refine(a1111, base: str, refiner: str, restore: bool = True):
     payload = base_payload(
         a1111,
-        refiner_checkpoint="tiny-sd15-refiner",
+        refiner_checkpoint=refiner,
         refiner_switch_at=0.6,
-        override_settings={"refiner_switch_by_sample_steps": True},
+        override_settings={"sd_model_checkpoint": base, "refiner_switch_by_sample_steps": True},
+        override_settings_restore_afterwards=restore,
     )
     try:
         plain = a1111.txt2img(payload)
         cached = a1111.txt2img({**payload, "alwayson_scripts": deepcache(interval=3)})
     finally:  # A1111 restores no overridden setting that config.json does not hold
         a1111.post("/sdapi/v1/options", {"refiner_switch_by_sample_steps": False})
-    assert cached.fields().get("Refiner", "").startswith("tiny-sd15-refiner")
-    assert plain.fields().get("Refiner", "").startswith("tiny-sd15-refiner")
-    assert counts(cached) == (5, 7)
+    assert cached.fields().get("Refiner", "").startswith(refiner)
+    assert plain.fields().get("Refiner", "").startswith(refiner)
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
+    return cached
+
+
+def test_a1111_refiner_of_another_config_gets_a_fresh_cache(a1111):
+    """tiny-sd15-refiner has a .yaml of its own: A1111 builds a new model object for it."""
+    cached = refine(a1111, "tiny-sd15-random", "tiny-sd15-refiner")
+    assert "Creating model from config" in cached.log
+    assert counts(cached) == REFINER_COUNTS
+
+
+@pytest.mark.host_state(folder="sd-webui-deepcache-full-size")
+def test_a1111_refiner_of_the_same_config_gets_a_fresh_cache(a1111):
+    """Two full-size SD1.5 checkpoints with no .yaml share A1111's v1-inference config, so the
+    refiner's weights are loaded into the base's model object: the UNet object stays, only the
+    checkpoint tells the swap (it said 4 full / 8 cached and fed the refiner the base's feature).
+    Its own host state: the host cannot go back from the full-size model to the tiny one, so
+    the model stays loaded (no restore) until the next restart."""
+    cached = refine(a1111, "sd15-random-fp16", "sd15-refiner-fp16", restore=False)
+    assert "Creating model from config" not in cached.log  # weights into the same object
+    assert "Loading weights" in cached.log
+    assert counts(cached) == REFINER_COUNTS
 
 
 # --------------------------------------------------------------------------- e. X/Y/Z plot

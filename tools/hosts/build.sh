@@ -8,7 +8,7 @@
 # folder); KEY is a checksum of the host's recipe folder and the build flags, so a
 # rerun on the same machine reuses a finished build and a changed recipe builds anew. Then
 # tools/hosts/HOST-extras.sh (this project's additions: extra checkpoints, test extensions), if
-# there is one, runs once per version of that file. Only the last line of stdout is the
+# there is one, runs once per version of it and of the make_*.py scripts beside it. Only the last line of stdout is the
 # directory; the logs go to stderr.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,7 +35,9 @@ if [ ! -f "$target/.deepcache-built" ]; then
 fi
 extras="$here/$host-extras.sh"
 if [ -f "$extras" ]; then
-  stamp="$target/.deepcache-extras-$(sha256sum "$extras" | cut -c1-12)"
+  # once per version of the extras and of the scripts beside it (make_*.py)
+  version=$(cd "$here" && cat "$host-extras.sh" make_*.py 2>/dev/null | sha256sum | cut -c1-12)
+  stamp="$target/.deepcache-extras-$version"
   if [ ! -f "$stamp" ]; then
     bash "$extras" "$target" "$shared/$host" >&2
     touch "$stamp"
