@@ -75,6 +75,22 @@ def test_second_order_calls_of_one_step_share_the_decision(rig):
     assert passes == len(guide.sigmas_seen)
 
 
+def sample_recorded(rig, params, steps, **cfg):
+    """Euler sampling in a session, with every UNet call recorded."""
+    calls, remove = record_unet_calls(rig.unet)
+    try:
+        with DeepCacheSession(rig.unet, params, steps) as session:
+            out, _ = rig.sample("euler", steps, **cfg)
+    finally:
+        remove()
+    return calls, session, out
+
+
+def assert_outputs(calls, want) -> None:
+    for i, (call, w) in enumerate(zip(calls, want, strict=True)):
+        torch.testing.assert_close(call.out, w, rtol=1e-5, atol=1e-5, msg=f"call {i}")
+
+
 def replay(unet, calls, steps_of_calls, params, total_steps, full_steps=None):
     """Reference cache semantics: one feature per (slot within step, batch size). A call runs
     fully on a step in ``full_steps`` (default: the schedule's) or when its slot holds no
@@ -103,17 +119,11 @@ def replay(unet, calls, steps_of_calls, params, total_steps, full_steps=None):
 
 def test_uncond_never_reads_cond_cache(rig):
     """Split CFG: cond and uncond are separate calls of one step; each reuses its own feature."""
-    calls, remove = record_unet_calls(rig.unet)
-    try:
-        with DeepCacheSession(rig.unet, PARAMS, STEPS) as session:
-            rig.sample("euler", STEPS, batch=1, split=True)
-    finally:
-        remove()
+    calls, session, _ = sample_recorded(rig, PARAMS, STEPS, batch=1, split=True)
     assert len(calls) == 2 * STEPS
     steps = [i // 2 for i in range(len(calls))]
     want = replay(rig.unet, calls, steps, PARAMS, STEPS)
-    for i, (call, w) in enumerate(zip(calls, want, strict=True)):
-        torch.testing.assert_close(call.out, w, rtol=1e-5, atol=1e-5, msg=f"call {i}")
+    assert_outputs(calls, want)
     # The test can tell: the uncond call of a cached step computed with the cond feature differs.
     cond_full, uncond_cached = calls[0], calls[3]
     with torch.no_grad():
@@ -132,18 +142,14 @@ def test_batch_shrink_mid_run_refreshes_instead_of_mixing(rig):
     the new shape runs fully; later cached calls use the new shape's own feature."""
     sigmas = rig.sigmas(STEPS)
     threshold = float(sigmas[4]) + 1e-3
-    calls, remove = record_unet_calls(rig.unet)
-    try:
-        with DeepCacheSession(rig.unet, PARAMS, STEPS) as session:
-            out, _ = rig.sample("euler", STEPS, batch=2, sigmas=sigmas, uncond_below=threshold)
-    finally:
-        remove()
+    calls, session, out = sample_recorded(
+        rig, PARAMS, STEPS, batch=2, sigmas=sigmas, uncond_below=threshold
+    )
     assert torch.isfinite(out).all()
     assert [c.x.shape[0] for c in calls] == [4] * 4 + [2] * 5
     assert session.stats.miss_passes == 1  # step 4 would be cached but has no batch-2 feature
     want = replay(rig.unet, calls, list(range(STEPS)), PARAMS, STEPS)
-    for i, (call, w) in enumerate(zip(calls, want, strict=True)):
-        torch.testing.assert_close(call.out, w, rtol=1e-5, atol=1e-5, msg=f"call {i}")
+    assert_outputs(calls, want)
 
 
 def test_ngms_alternating_batch_reuses_each_shapes_own_feature(rig):
@@ -153,19 +159,13 @@ def test_ngms_alternating_batch_reuses_each_shapes_own_feature(rig):
     step 1 (B) has no B feature yet and step 4/7/10 find only a feature older than the last
     full step, so those run fully; steps 2, 5, 8, 11 reuse a feature of their own shape."""
     steps, params = 12, DeepCacheParams(enabled=True, interval=3, depth=1)
-    calls, remove = record_unet_calls(rig.unet)
-    try:
-        with DeepCacheSession(rig.unet, params, steps) as session:
-            rig.sample("euler", steps, batch=1, uncond_every_other=True)
-    finally:
-        remove()
+    calls, session, _ = sample_recorded(rig, params, steps, batch=1, uncond_every_other=True)
     assert [c.x.shape[0] for c in calls] == [2, 1] * 6
     assert (session.stats.full_steps, session.stats.cached_steps) == (8, 4)
     assert session.stats.cached_passes == 4
     full = [0, 1, 3, 4, 6, 7, 9, 10]
     want = replay(rig.unet, calls, list(range(steps)), params, steps, full_steps=full)
-    for i, (call, w) in enumerate(zip(calls, want, strict=True)):
-        torch.testing.assert_close(call.out, w, rtol=1e-5, atol=1e-5, msg=f"call {i}")
+    assert_outputs(calls, want)
 
 
 def test_steps_whose_every_pass_missed_count_as_full_and_change_nothing(rig):

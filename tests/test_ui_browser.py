@@ -4,12 +4,13 @@ driven by headless Chromium. Saves a screenshot to artifacts/ui-deepcache.png.""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.browser import CHROMEDRIVER, CHROMIUM, start_chromium
 
 HOST = Path(__file__).resolve().parent / "webui_host"
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +26,6 @@ LABELS = [
     "Hires cache interval",
     "Hires cache depth",
 ]
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),
@@ -74,25 +73,7 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1200,1400",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = start_chromium("1200,1400")
     yield driver
     driver.quit()
 

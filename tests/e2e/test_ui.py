@@ -4,17 +4,17 @@ the infotext the page shows. Screenshots go to artifacts/ (kept by CI)."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMEDRIVER, CHROMIUM, start_chromium
+
 pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 PAGE_TIMEOUT_S = 180
 GENERATE_TIMEOUT_S = 300
 
@@ -23,23 +23,7 @@ GENERATE_TIMEOUT_S = 300
 def browser() -> Iterator[object]:
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.fail("Debian's chromium and chromium-driver are needed (tools/setup.sh)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1800",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = start_chromium()
     yield driver
     driver.quit()
 
