@@ -27,54 +27,65 @@ def counts(result, i: int = 0):
 
 
 # --------------------------------------------------------------------------- a. NGMS
-def test_a1111_ngms_alternating_batch_is_really_cached(a1111):
-    """NGMS 100 is above every sigma, so A1111 drops the uncond rows on every odd step: the
+def a1111_or_forge(host) -> None:
+    """NGMS, skip early CFG and the cond/uncond split are A1111's CFG denoiser's, which Forge
+    keeps (it drops the uncond rows through cond scale 1); SD.Next has none of them."""
+    if host.name == "sdnext":
+        pytest.skip("SD.Next has no negative guidance minimum sigma / skip early CFG options")
+
+
+def test_ngms_alternating_batch_is_really_cached(host):
+    """NGMS 100 is above every sigma, so the host drops the uncond rows on every odd step: the
     batch goes 2, 1, 2, 1... Interval 3 over 12 steps: full by schedule at 0, 3, 6, 9; step 1
     has no 1-row feature yet and steps 4, 7, 10 only find a 2-row feature older than the last
     full step: they run whole; 2, 5, 8, 11 reuse their own shape's feature. 8 full / 4 cached,
     and the image differs from the uncached NGMS image (it used to be identical while the
     infotext said 8 cached)."""
-    ngms = base_payload(a1111, s_min_uncond=100)
-    plain = a1111.txt2img(ngms)
-    cached = a1111.txt2img({**ngms, "alwayson_scripts": deepcache(interval=3)})
+    a1111_or_forge(host)
+    ngms = base_payload(host, s_min_uncond=100)
+    plain = host.txt2img(ngms)
+    cached = host.txt2img({**ngms, "alwayson_scripts": deepcache(interval=3)})
     assert float(cached.fields()["NGMS"]) == 100
     assert counts(cached) == (8, 4)
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
 
 
-def test_a1111_ngms_steps_that_all_missed_are_counted_full(a1111):
+def test_ngms_steps_that_all_missed_are_counted_full(host):
     """Honest counts: at interval 2 under NGMS every step the schedule would cache finds only
     the other shape's feature or an older one, so it runs the whole UNet: the image is the
     plain NGMS image bit for bit, and the infotext says 12 full / 0 cached."""
-    ngms = base_payload(a1111, s_min_uncond=100)
-    plain = a1111.txt2img(ngms)
-    cached = a1111.txt2img({**ngms, "alwayson_scripts": deepcache(interval=2)})
+    a1111_or_forge(host)
+    ngms = base_payload(host, s_min_uncond=100)
+    plain = host.txt2img(ngms)
+    cached = host.txt2img({**ngms, "alwayson_scripts": deepcache(interval=2)})
     assert counts(cached) == (12, 0)
     assert max_abs_diff(plain.images[0], cached.images[0]) == 0
 
 
-def test_a1111_skip_early_cfg_switches_the_batch_once(a1111):
+def test_skip_early_cfg_switches_the_batch_once(host):
     """Skip early CFG 0.5: steps with step/12 <= 0.5 (0..6) send the cond rows only, 7..11 both.
     Interval 3: full at 0, 3, 6, 9; step 7 is the first 2-row call and runs whole; 8 reuses
     step 7's feature; 1, 2, 4, 5, 10, 11 reuse theirs: 5 full / 7 cached."""
-    payload = base_payload(a1111, override_settings={"skip_early_cond": 0.5})
+    a1111_or_forge(host)
+    payload = base_payload(host, override_settings={"skip_early_cond": 0.5})
     try:
-        plain = a1111.txt2img(payload)
-        cached = a1111.txt2img({**payload, "alwayson_scripts": deepcache(interval=3)})
+        plain = host.txt2img(payload)
+        cached = host.txt2img({**payload, "alwayson_scripts": deepcache(interval=3)})
     finally:  # A1111 restores no overridden setting that config.json does not hold
-        a1111.post("/sdapi/v1/options", {"skip_early_cond": 0.0})
+        host.post("/sdapi/v1/options", {"skip_early_cond": 0.0})
     assert float(cached.fields()["Skip Early CFG"]) == 0.5
     assert counts(cached) == (5, 7)
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
 
 
-def test_a1111_long_negative_prompt_splits_cond_and_uncond(a1111):
-    """A negative prompt over 75 tokens with a short prompt: A1111 sends cond and uncond as
+def test_long_negative_prompt_splits_cond_and_uncond(host):
+    """A negative prompt over 75 tokens with a short prompt: the host sends cond and uncond as
     separate UNet calls; each keeps its own feature, so the counts are the plain schedule's."""
+    a1111_or_forge(host)
     negative = ", ".join(f"blurry detail {i}" for i in range(60))
-    payload = base_payload(a1111, negative_prompt=negative)
-    plain = a1111.txt2img(payload)
-    cached = a1111.txt2img({**payload, "alwayson_scripts": deepcache(interval=3)})
+    payload = base_payload(host, negative_prompt=negative)
+    plain = host.txt2img(payload)
+    cached = host.txt2img({**payload, "alwayson_scripts": deepcache(interval=3)})
     assert counts(cached) == (4, 8)
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
 
