@@ -4,6 +4,7 @@ the infotext the page shows. Screenshots go to artifacts/ (kept by CI)."""
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import CHROMEDRIVER, CHROMIUM, start_chromium
+from tests.e2e.hostctl import base_payload, deepcache
 
 pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
 
@@ -104,3 +106,41 @@ def test_accordion_ticks_and_generates_with_deepcache_in_the_infotext(host, brow
     browser.save_screenshot(str(ARTIFACTS / f"ui-{host.name}-txt2img.png"))
     assert 'DeepCache: "interval 3, depth 0, start 0%, end 100%, uniform"' in info
     assert "DeepCache steps: 4 full / 8 cached" in info
+
+
+def test_png_info_send_to_txt2img_restores_the_deepcache_controls(host, browser, tmp_path):
+    """PNG Info reads a DeepCache image's infotext; "Send to txt2img" sets every control."""
+    if host.name == "sdnext":
+        pytest.skip("SD.Next: its UI test is the Control tab check in test_bugs.py")
+    made = host.txt2img(
+        base_payload(host, alwayson_scripts=deepcache(interval=4, depth=2, end=0.9))
+    )
+    image = tmp_path / "deepcache.png"
+    image.write_bytes(base64.b64decode(made.images_b64[0]))
+    browser.get(host.url + "/")
+    wait_for(browser, f"{APP}.querySelector('#txt2img_generate')", PAGE_TIMEOUT_S, "the page")
+    browser.execute_script(
+        f"[...{APP}.querySelectorAll('#tabs button')]"
+        ".find(b => b.innerText.trim() === 'PNG Info').click();"
+    )
+    upload = wait_for(
+        browser, f"{APP}.querySelector('#pnginfo_image input[type=file]')", 30, "the upload"
+    )
+    upload.send_keys(str(image))
+    wait_for(
+        browser,
+        f"{APP}.querySelector('#pnginfo_generation_info textarea')?.value.includes('DeepCache')",
+        60,
+        "the PNG's infotext",
+        f"ui-{host.name}-pnginfo",
+    )
+    browser.execute_script(f"{APP}.querySelector('#tab_pnginfo #txt2img_tab').click();")
+    control = f"{APP}.querySelector('#script_txt2img_deepcache_%s input[type=number]')?.value"
+    pasted = (
+        f"({control % 'interval'} === '4' && {control % 'depth'} === '2'"
+        f" && {control % 'end'} === '0.9'"
+        f" && {APP}.querySelector('#script_txt2img_deepcache_enabled-checkbox input').checked)"
+    )
+    wait_for(browser, pasted, 60, "the pasted DeepCache controls", f"ui-{host.name}-pasted")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / f"ui-{host.name}-pasted.png"))
