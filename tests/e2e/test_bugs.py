@@ -319,3 +319,18 @@ def test_sdnext_offers_deepcache_in_its_control_tab(sdnext):
     assert status == 200, config
     labels = [c.get("props", {}).get("label") for c in config["components"]]
     assert labels.count("Enable DeepCache") == 3
+
+
+@pytest.mark.host_state(other_extension=True)
+def test_a1111_the_other_extension_still_works_beside_ours(a1111):
+    """aria1th's extension is driven by a setting, not by API args: with ours installed (and
+    off), its requests still cache with it (the image changes) and ours writes nothing."""
+    plain = a1111.txt2img(base_payload(a1111))
+    try:
+        theirs = a1111.txt2img(
+            base_payload(a1111, override_settings={"deepcache_enable_pass": "both passes"})
+        )
+    finally:  # A1111 restores no overridden setting that config.json does not hold
+        a1111.post("/sdapi/v1/options", {"deepcache_enable_pass": "disable"})
+    assert max_abs_diff(plain.images[0], theirs.images[0]) > 0
+    assert not [key for key in theirs.fields() if key.startswith("DeepCache")]
