@@ -37,8 +37,9 @@ def scheduler_steps(scheduler: Any, first_timestep: float) -> tuple[int, list[fl
     """
     timesteps = [float(t) for t in getattr(scheduler, "timesteps", [])]
     order = max(1, int(getattr(scheduler, "order", 1) or 1))
-    starts = [i for i in range(0, len(timesteps), order)] + list(range(len(timesteps)))
-    begin = next((i for i in starts if same_timestep(timesteps[i], first_timestep)), None)
+    # a step start first: Heun repeats each timestep, as a second evaluation and a start
+    candidates = [*range(0, len(timesteps), order), *range(len(timesteps))]
+    begin = next((i for i in candidates if same_timestep(timesteps[i], first_timestep)), None)
     if begin is None:
         raise ValueError(
             f"{type(scheduler).__name__} has no timestep {first_timestep:g} in its schedule"
