@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from lib_deepcache import DeepCacheParams, DeepCacheSession, schedule
+from lib_deepcache import DeepCacheParams, DeepCacheSession, cache, schedule
 from tests.support import (
     SAMPLERS,
     assert_same_fingerprint,
@@ -197,6 +197,38 @@ def test_timestep_going_up_starts_a_fresh_cache(rig):
     with torch.no_grad():
         full = rig.unet(restart.x, restart.t, context=restart.context)
     assert torch.equal(restart.out, full)
+
+
+def test_a_restart_clears_every_stored_shape(rig):
+    """A feature stored in the pass before a restart is never served after it. Under NGMS
+    (batch 2, 1, 2, 1), interval 2 over 4 steps, each pass runs: step 0 full (2 rows); step 1
+    (1 row) finds no 1-row feature of this pass and runs whole; step 2 full; step 3 finds only
+    step 1's 1-row feature, older than the last full step, and runs whole: 8 full / 0 cached.
+    Had the restart kept the first pass's features, the second pass's step 1 would reuse the
+    first pass's step-3 feature (stored after that pass's last full step)."""
+    params = DeepCacheParams(enabled=True, interval=2, depth=1)
+    with DeepCacheSession(rig.unet, params, 4) as session:
+        rig.sample("euler", 4, batch=1, uncond_every_other=True)
+        rig.sample("euler", 4, batch=1, seed=1, uncond_every_other=True)
+    assert session.stats.restarts == 1
+    assert (session.stats.full_steps, session.stats.cached_steps) == (8, 0)
+
+
+def test_calls_past_the_slot_bound_are_never_stored(rig):
+    """A host that calls the UNet 40 times in one step: only the first MAX_SLOTS calls keep a
+    feature (memory stays bounded); the others run whole on the next cached step."""
+    unet, slots = rig.unet, cache.MAX_SLOTS + 8
+    x, context = torch.randn(1, 4, 8, 8), rig.text(1, 0)
+    with DeepCacheSession(unet, DeepCacheParams(enabled=True, interval=2), 2) as session:
+        with torch.no_grad():
+            for t in (999.0, 500.0):
+                for _ in range(slots):
+                    unet(x, torch.tensor([t]), context=context)
+                if t == 999.0:
+                    stored = len(session.cached_tensors)
+    assert stored == cache.MAX_SLOTS
+    assert session.stats.miss_passes == slots - cache.MAX_SLOTS
+    assert session.stats.cached_passes == cache.MAX_SLOTS
 
 
 def _raise_in_block(unet, after_calls, exc):
