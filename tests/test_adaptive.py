@@ -71,3 +71,38 @@ def test_adaptive_params_validate_and_round_trip():
         adaptive(-1.0)
     with pytest.raises(DeepCacheParamError, match="max_cached"):
         adaptive(0.2, max_cached=0)
+
+
+def replay_adaptive(skips: list[torch.Tensor], threshold: float, max_cached: int) -> list[int]:
+    """The README's rule, re-implemented: the full steps, from each step's first-slot skip."""
+    full, reference, change, cached_in_a_row = [], None, 0.0, 0
+    for step, skip in enumerate(skips):
+        if step > 0 and cached_in_a_row < max_cached:
+            change += float((skip - reference).abs().mean() / reference.abs().mean())
+            if change < threshold:
+                cached_in_a_row += 1
+                continue
+        full.append(step)
+        reference, change, cached_in_a_row = skip, 0.0, 0
+    return full
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.6, 0.8])
+def test_refresh_decisions_follow_the_first_slots_skip(rig, threshold):
+    """Split CFG: the step's first call (cond) decides, against the cond skip stored at the last
+    refresh, never the uncond one; replayed on the skips the run really produced. Depth 1: its
+    skip has seen the text through cross-attention; with a negative text far from the prompt
+    (8x another draw) the cond and uncond skips differ enough to change decisions."""
+    skips: list[torch.Tensor] = []
+    handle = rig.unet.input_blocks[1].register_forward_hook(
+        lambda module, args, out: skips.append(out.detach().clone())
+    )
+    try:
+        negative = 8 * rig.text(1, 99)
+        _, stats = run(rig, adaptive(threshold, max_cached=4, depth=1), split=True, uncond=negative)
+    finally:
+        handle.remove()
+    assert len(skips) == 2 * STEPS
+    want = replay_adaptive(skips[::2], threshold, max_cached=4)
+    assert 1 < len(want) < STEPS
+    assert (stats.full_steps, stats.cached_steps) == (len(want), STEPS - len(want))
