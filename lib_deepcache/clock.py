@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 _REL_TOL = 1e-5
 _ABS_TOL = 1e-7
+# how far from a grid timestep, as a share of the gap to its neighbour, still starts that step
+GRID_SLACK = 0.02
 
 
 def same_timestep(a: float, b: float) -> bool:
@@ -73,10 +75,23 @@ class StepClock:
         return Tick(step, new_step=True, restarted=restarted)
 
     def _grid_index(self, timestep: float) -> int | None:
-        """The step that starts at this timestep, or None for a timestep between steps."""
+        """The step that starts at this timestep, or None for a timestep between steps.
+
+        A timestep within :data:`GRID_SLACK` of the gap to the neighbouring step starts that
+        step: a refiner loaded mid-pass converts the sampler's sigmas to timesteps with its own
+        (e.g. fp16-rounded) noise schedule, a fraction of a timestep off the base model's grid,
+        while midpoint evaluations lie about half a gap away.
+        """
         grid = self._grid or []
         i = bisect.bisect_left(grid, (timestep, -1))
-        for j in (i - 1, i):
-            if 0 <= j < len(grid) and same_timestep(grid[j][0], timestep):
-                return grid[j][1]
+        near = [j for j in (i - 1, i) if 0 <= j < len(grid)]
+        if not near:
+            return None
+        j = min(near, key=lambda k: abs(grid[k][0] - timestep))
+        value, step = grid[j]
+        if same_timestep(value, timestep):
+            return step
+        gaps = [abs(grid[k][0] - value) for k in (j - 1, j + 1) if 0 <= k < len(grid)]
+        if gaps and abs(value - timestep) <= GRID_SLACK * min(gaps):
+            return step
         return None

@@ -52,3 +52,14 @@ def test_grid_gives_the_absolute_step_even_mid_pass():
     clock = StepClock(grid)
     assert clock.observe(grid[12]).step == 12
     assert clock.observe(grid[13]).step == 13
+
+
+def test_a_refiners_slightly_shifted_timesteps_still_start_their_steps():
+    """A1111's full-size refiner (fp16-rounded noise schedule) sent 272.379 where the tiny base
+    model's grid said 272.455 (steps 90.818 apart, as seen in the real host): it must open
+    step 8, not start over at step 0; a midpoint half a gap away stays inside its step."""
+    grid = [999.0 - 90.8182 * i for i in range(12)]
+    clock = StepClock(grid)
+    assert clock.observe(272.379).step == 8
+    assert clock.observe(227.0).step == 8  # a midpoint
+    assert clock.observe(181.694).step == 9

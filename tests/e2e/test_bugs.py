@@ -181,6 +181,27 @@ def test_a1111_refiner_of_another_config_gets_a_fresh_cache(a1111):
 
 
 @pytest.mark.host_state(folder="sd-webui-deepcache-full-size")
+def test_a1111_full_size_refiner_of_another_config_gets_a_fresh_cache(a1111):
+    """The tiny base hands over to the full-size SD1.5 (v1-inference, another config): a new
+    model object mid-sampling. One request only, first in this host run: the host cannot load
+    the tiny model again after the full-size one (the A1111 recipe's README)."""
+    payload = base_payload(
+        a1111,
+        refiner_checkpoint="sd15-random-fp16",
+        refiner_switch_at=0.6,
+        override_settings={"refiner_switch_by_sample_steps": True},
+        alwayson_scripts=deepcache(interval=3),
+    )
+    try:
+        cached = a1111.txt2img(payload)
+    finally:  # A1111 restores no overridden setting that config.json does not hold
+        a1111.post("/sdapi/v1/options", {"refiner_switch_by_sample_steps": False})
+    assert cached.fields().get("Refiner", "").startswith("sd15-random-fp16")
+    assert "Creating model from config" in cached.log
+    assert counts(cached) == REFINER_COUNTS
+
+
+@pytest.mark.host_state(folder="sd-webui-deepcache-full-size")
 def test_a1111_refiner_of_the_same_config_gets_a_fresh_cache(a1111):
     """Two full-size SD1.5 checkpoints with no .yaml share A1111's v1-inference config, so the
     refiner's weights are loaded into the base's model object: the UNet object stays, only the
@@ -310,6 +331,13 @@ def test_sdnext_log_lines_reach_its_console(sdnext):
     mark = sdnext.log_mark()
     sdnext.txt2img(base_payload(sdnext, alwayson_scripts=deepcache(interval=3)))
     assert "DeepCache: 4 full / 8 cached steps" in sdnext.log_since(mark)
+
+
+def test_each_console_line_shows_once(host):
+    """A1111 runs a logging.basicConfig after the extension loads: each line showed twice."""
+    mark = host.log_mark()
+    host.txt2img(base_payload(host, alwayson_scripts=deepcache(interval=3)))
+    assert host.log_since(mark).count("DeepCache: 4 full / 8 cached steps") == 1
 
 
 @pytest.mark.host_state(ui=True)
