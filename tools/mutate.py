@@ -116,6 +116,12 @@ MUTATIONS = [
         "a midpoint evaluation taken for a new step",
     ),
     Mutation(
+        "lib_deepcache/clock.py",
+        "GRID_SLACK = 0.02",
+        "GRID_SLACK = 0.0",
+        "a refiner's slightly shifted timesteps restart the step count",
+    ),
+    Mutation(
         "lib_deepcache/params.py",
         "return max(0, min(depth, num_blocks - 1))",
         "return max(0, depth)",
