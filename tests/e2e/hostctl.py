@@ -560,11 +560,6 @@ class HostServer:
             check=False,
         )
 
-    def restart(self, ui: bool | None = None) -> None:
-        keep_ui = self.state.ui if self.state is not None else False
-        self.stop()
-        self.start(ui=keep_ui if ui is None else ui)
-
     def ensure(
         self, ui: bool = False, other_extension: bool = False, folder: str = DEFAULT_FOLDER
     ) -> None:

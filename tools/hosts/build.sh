@@ -29,7 +29,8 @@ target="$base/$host-$key"
 if [ ! -f "$target/.deepcache-built" ]; then
   mkdir -p "$base"
   start=$(date +%s)
-  PYTHON="${PYTHON:-python3.11}" bash "$shared/$host/build.sh" "$target" "${flags[@]}" >&2
+  python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+  PYTHON="$python" bash "$shared/$host/build.sh" "$target" "${flags[@]}" >&2
   echo "$(( $(date +%s) - start ))" > "$target/.deepcache-built"
   echo "built $host in $(cat "$target/.deepcache-built") s: $target" >&2
 fi
