@@ -1,10 +1,10 @@
 """The DeepCache axes of the WebUI's X/Y/Z plot, and their refusal of bad values.
 
 The axes go into the loaded ``xyz_grid`` script module's ``axis_options``. They must be there
-before the plot script builds its axis list, which happens when the UI is built: in the UI
-mode right after ``on_before_ui``, in the API-only mode (``--nowebui``, where ``on_before_ui``
-never runs) lazily at the first generation request, after ``on_app_started``; so the host
-adapter adds them from both callbacks, and adding twice changes nothing.
+before the plot script builds its axis list in its ``ui()``, which runs when the UI is built:
+in the UI mode, and in the API-only mode (``--nowebui``) too, where the API builds the UI once at
+start-up, before ``on_before_ui`` and ``on_app_started``. So the host adapter adds them at the
+first UI component (``on_before_component``); adding twice changes nothing.
 
 A bad value raised as a plain error from an axis' parse or confirm step reaches an API client
 as HTTP 500 with a traceback. Raised as ``fastapi.HTTPException(422)``, the WebUI's own API
@@ -47,12 +47,11 @@ def axis_label(name: str) -> str:
     return f"[DeepCache] {name.replace('_', ' ').capitalize()}"
 
 
-def add_axes(xyz_module: Any) -> int:
-    """Append the axes missing from the plot module; returns how many were added."""
+def add_axes(xyz_module: Any) -> None:
+    """Append the axes missing from the plot module."""
     labels = {axis.label for axis in xyz_module.axis_options}
     # SD.Next's AxisOption has no ``prepare`` (its plot parses numbers itself)
     takes_prepare = "prepare" in inspect.signature(xyz_module.AxisOption).parameters
-    added = 0
     for name, kind, choices in AXES:
         label = axis_label(name)
         if label in labels:
@@ -62,8 +61,6 @@ def add_axes(xyz_module: Any) -> int:
             label, kind, _apply(name), confirm=_confirm(name, label), choices=choices, **extra
         )
         xyz_module.axis_options.append(option)
-        added += 1
-    return added
 
 
 def refuse(message: str) -> Exception:

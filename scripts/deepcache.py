@@ -452,20 +452,15 @@ def _follow_refiner(params: Any) -> None:
         run.follow_unet(_current_unet(), _checkpoint_id())
 
 
-def _install_api_guard(demo: Any, app: Any) -> None:
-    api_guard.install(app, owns_title=lambda: _title_owner().ours)
-
-
-def _title_owner() -> title_clash.TitleOwner:
-    """Which loaded script titled "DeepCache" receives the API's args (the first loaded)."""
-    return title_clash.find_owner(title_clash.scripts_of(scripts.scripts_data), __file__)
-
-
-def _report_title_clash(demo: Any, app: Any) -> None:
-    message = _title_owner().console_message(__file__)
+def _on_app_started(demo: Any, app: Any) -> None:
+    """Scripts are all loaded by now: say once which script titled "DeepCache" (the first
+    loaded) receives the API's args, and guard the API only where they are this extension's."""
+    owner = title_clash.find_owner(title_clash.scripts_of(scripts.scripts_data), __file__)
+    message = owner.console_message(__file__)
     if message is not None and message not in _reported:
         _reported.add(message)
         logger.warning(message)
+    api_guard.install(app, owns_title=lambda: owner.ours)
 
 
 def _add_xyz_axes(*_: Any, **__: Any) -> None:
@@ -505,6 +500,5 @@ console.route_to_host_console(getattr(shared, "log", None))
 if _is_sdnext():
     _offer_in_control_tab()
 script_callbacks.on_cfg_denoiser(_follow_refiner)
-script_callbacks.on_app_started(_install_api_guard)
-script_callbacks.on_app_started(_report_title_clash)
+script_callbacks.on_app_started(_on_app_started)
 script_callbacks.on_before_component(_add_xyz_axes)
