@@ -304,6 +304,12 @@ class Result:
             raise AssertionError(f"no infotext {i}; info: {json.dumps(self.info)[:2000]}")
         return parse_infotext_line(parameters_line(texts[i]))
 
+    def counts(self, i: int = 0) -> Any:
+        """Image ``i``'s ``DeepCache steps``, parsed (see :func:`parse_counts`)."""
+        fields = self.fields(i)
+        assert "DeepCache steps" in fields, f"no DeepCache steps in {self.infotexts[i]!r}"
+        return parse_counts(fields["DeepCache steps"])
+
 
 # --------------------------------------------------------------------------- the host
 def _build_running(name: str) -> list[int]:

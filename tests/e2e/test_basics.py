@@ -15,7 +15,6 @@ import pytest
 
 from tests.e2e.hostctl import (
     HostServer,
-    Result,
     base_payload,
     deepcache,
     deepcache_positional,
@@ -51,12 +50,6 @@ def deepcache_keys(fields: dict[str, str]) -> list[str]:
     return sorted(key for key in fields if key.lower().startswith("deepcache"))
 
 
-def counts_of(result: Result, i: int = 0) -> Any:
-    fields = result.fields(i)
-    assert "DeepCache steps" in fields, f"no DeepCache steps in {result.infotexts[i]!r}"
-    return parse_counts(fields["DeepCache steps"])
-
-
 def img2img_payload(host: HostServer, **overrides: Any) -> dict[str, Any]:
     return base_payload(
         host, init_images=[png_b64(noise_image())], denoising_strength=DENOISE, **overrides
@@ -84,7 +77,7 @@ def test_disabled_is_bit_identical_to_plain_and_enabled_differs(host: HostServer
     assert max_abs_diff(plain.images[0], on.images[0]) > 0
     fields = on.fields()
     assert fields.get("DeepCache") == DC_TEXT, on.infotexts[0]
-    assert counts_of(on) == DC_COUNTS_12
+    assert on.counts() == DC_COUNTS_12
     assert on.sampler_runs == plain.sampler_runs == [STEPS], on.log[-2000:]
     _DEFAULT_MODE_IMAGES[host.name] = on.images[0]
 
@@ -101,7 +94,7 @@ def test_ui_mode_gives_the_same_images_as_api_mode(host: HostServer) -> None:
     assert deepcache_keys(off.fields()) == [], off.infotexts[0]
     assert max_abs_diff(plain.images[0], on.images[0]) > 0
     assert on.fields().get("DeepCache") == DC_TEXT, on.infotexts[0]
-    assert counts_of(on) == DC_COUNTS_12
+    assert on.counts() == DC_COUNTS_12
     if host.name in _DEFAULT_MODE_IMAGES:
         assert max_abs_diff(_DEFAULT_MODE_IMAGES[host.name], on.images[0]) == 0
 
@@ -146,7 +139,7 @@ def test_sampler_is_cached_and_counts_every_executed_step(
 
     assert max_abs_diff(plain.images[0], on.images[0]) > 0, f"{name}: DeepCache changed nothing"
     assert on.fields().get("DeepCache") == DC_TEXT, on.infotexts[0]
-    full, cached = counts_of(on)
+    full, cached = on.counts()
     assert full > 0 and cached > 0, on.infotexts[0]
     executed = STEPS if route == "txt2img" else IMG2IMG_STEPS[host.name]
     if route == "img2img" and sampler in ("DDIM", "PLMS") and host.name != "sdnext":
@@ -172,7 +165,7 @@ def test_img2img_half_strength_caches_the_executed_steps(host: HostServer) -> No
     assert max_abs_diff(plain.images[0], on.images[0]) > 0
     executed = IMG2IMG_STEPS[host.name]
     assert on.sampler_runs == plain.sampler_runs == [executed], on.log[-2000:]
-    full, cached = counts_of(on)
+    full, cached = on.counts()
     assert full + cached == executed, on.infotexts[0]
     # uniform interval 3 over the executed steps: full at 0, 3, 6, ...
     assert full == -(-executed // 3), on.infotexts[0]
@@ -194,7 +187,7 @@ def test_inpainting_caches_and_keeps_the_unmasked_half(host: HostServer) -> None
 
     assert max_abs_diff(plain.images[0][:, :28], on.images[0][:, :28]) > 0
     assert on.fields().get("DeepCache") == DC_TEXT, on.infotexts[0]
-    full, cached = counts_of(on)
+    full, cached = on.counts()
     assert [full + cached] == on.sampler_runs == plain.sampler_runs, on.log[-2000:]
     # Right of the mask and its blur, a host that pastes the original back must do so with
     # DeepCache as without.
@@ -222,7 +215,7 @@ def test_hires_fix_counts_both_passes(host: HostServer) -> None:
     fields = on.fields()
     assert fields.get("DeepCache") == DC_TEXT, on.infotexts[0]
     assert fields.get("DeepCache hires") == "interval 2, depth 0", on.infotexts[0]
-    counts = counts_of(on)
+    counts = on.counts()
     assert isinstance(counts, dict) and set(counts) == {"first pass", "hires"}, counts
     assert counts["first pass"] == DC_COUNTS_12, counts
     runs = on.sampler_runs
@@ -239,7 +232,7 @@ def test_batch_size_two_caches_both_images(host: HostServer) -> None:
     assert len(plain.images) == len(on.images) == 2
     for i in range(2):
         assert max_abs_diff(plain.images[i], on.images[i]) > 0, f"image {i}"
-        assert counts_of(on, i) == DC_COUNTS_12, on.infotexts[i]
+        assert on.counts(i) == DC_COUNTS_12, on.infotexts[i]
 
 
 def test_n_iter_two_counts_each_iteration(host: HostServer) -> None:
@@ -250,7 +243,7 @@ def test_n_iter_two_counts_each_iteration(host: HostServer) -> None:
     assert on.sampler_runs == plain.sampler_runs == [STEPS, STEPS], on.log[-3000:]
     for i in range(2):
         assert max_abs_diff(plain.images[i], on.images[i]) > 0, f"image {i}"
-        assert counts_of(on, i) == DC_COUNTS_12, on.infotexts[i]
+        assert on.counts(i) == DC_COUNTS_12, on.infotexts[i]
 
 
 # --------------------------------------------------------------------------- API args
@@ -281,7 +274,7 @@ def test_positional_and_dict_args_give_the_same_image(host: HostServer) -> None:
         assert result.fields().get("DeepCache") == want, result.infotexts[0]
     assert max_abs_diff(named.images[0], short.images[0]) == 0
     assert max_abs_diff(named.images[0], full.images[0]) == 0
-    assert counts_of(named) == counts_of(short) == counts_of(full)
+    assert named.counts() == short.counts() == full.counts()
 
 
 BAD_ARGS = {

@@ -13,17 +13,12 @@ from tests.e2e.hostctl import (
     deepcache,
     max_abs_diff,
     noise_image,
-    parse_counts,
     png_b64,
 )
 
 pytestmark = pytest.mark.e2e
 
 STEPS_KEY = "DeepCache steps"
-
-
-def counts(result, i: int = 0):
-    return parse_counts(result.fields(i)[STEPS_KEY])
 
 
 # --------------------------------------------------------------------------- a. NGMS
@@ -46,7 +41,7 @@ def test_ngms_alternating_batch_is_really_cached(host):
     plain = host.txt2img(ngms)
     cached = host.txt2img({**ngms, "alwayson_scripts": deepcache(interval=3)})
     assert float(cached.fields()["NGMS"]) == 100
-    assert counts(cached) == (8, 4)
+    assert cached.counts() == (8, 4)
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
 
 
@@ -58,7 +53,7 @@ def test_ngms_steps_that_all_missed_are_counted_full(host):
     ngms = base_payload(host, s_min_uncond=100)
     plain = host.txt2img(ngms)
     cached = host.txt2img({**ngms, "alwayson_scripts": deepcache(interval=2)})
-    assert counts(cached) == (12, 0)
+    assert cached.counts() == (12, 0)
     assert max_abs_diff(plain.images[0], cached.images[0]) == 0
 
 
@@ -74,7 +69,7 @@ def test_skip_early_cfg_switches_the_batch_once(host):
     finally:  # A1111 restores no overridden setting that config.json does not hold
         host.post("/sdapi/v1/options", {"skip_early_cond": 0.0})
     assert float(cached.fields()["Skip Early CFG"]) == 0.5
-    assert counts(cached) == (5, 7)
+    assert cached.counts() == (5, 7)
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
 
 
@@ -86,7 +81,7 @@ def test_long_negative_prompt_splits_cond_and_uncond(host):
     payload = base_payload(host, negative_prompt=negative)
     plain = host.txt2img(payload)
     cached = host.txt2img({**payload, "alwayson_scripts": deepcache(interval=3)})
-    assert counts(cached) == (4, 8)
+    assert cached.counts() == (4, 8)
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
 
 
@@ -102,7 +97,7 @@ def test_sdnext_second_order_scheduler_counts_steps(sdnext, route):
         payload.update(init_images=[png_b64(noise_image())], denoising_strength=0.5)
     plain = sdnext.generate(route, payload)
     cached = sdnext.generate(route, {**payload, "alwayson_scripts": deepcache(interval=3)})
-    assert counts(cached) == (4, 8)
+    assert cached.counts() == (4, 8)
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
 
 
@@ -129,8 +124,8 @@ def test_a1111_timesteps_samplers_plan_img2img_over_the_executed_steps(a1111, sa
     )
     cached = a1111.img2img({**payload, "alwayson_scripts": deepcache(interval=5, end=0.6)})
     assert cached.sampler_runs == [5]  # the host's own progress bar: 5 steps
-    assert counts(cached) == want
-    assert sum(counts(cached)) == 5
+    assert cached.counts() == want
+    assert sum(cached.counts()) == 5
 
 
 @pytest.mark.parametrize(("sampler", "want"), [("DDIM", (7, 2)), ("PLMS", (8, 1))])
@@ -143,7 +138,7 @@ def test_a1111_timesteps_samplers_txt2img_counts(a1111, sampler, want):
     plain = a1111.txt2img(payload)
     cached = a1111.txt2img({**payload, "alwayson_scripts": deepcache(interval=3, end=0.44)})
     assert cached.sampler_runs == [9]
-    assert counts(cached) == want
+    assert cached.counts() == want
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
 
 
@@ -177,7 +172,7 @@ def test_a1111_refiner_of_another_config_gets_a_fresh_cache(a1111):
     """tiny-sd15-refiner has a .yaml of its own: A1111 builds a new model object for it."""
     cached = refine(a1111, "tiny-sd15-random", "tiny-sd15-refiner")
     assert "Creating model from config" in cached.log
-    assert counts(cached) == REFINER_COUNTS
+    assert cached.counts() == REFINER_COUNTS
 
 
 @pytest.mark.host_state(folder="sd-webui-deepcache-full-size")
@@ -198,7 +193,7 @@ def test_a1111_full_size_refiner_of_another_config_gets_a_fresh_cache(a1111):
         a1111.post("/sdapi/v1/options", {"refiner_switch_by_sample_steps": False})
     assert cached.fields().get("Refiner", "").startswith("sd15-random-fp16")
     assert "Creating model from config" in cached.log
-    assert counts(cached) == REFINER_COUNTS
+    assert cached.counts() == REFINER_COUNTS
 
 
 @pytest.mark.host_state(folder="sd-webui-deepcache-full-size")
@@ -211,7 +206,7 @@ def test_a1111_refiner_of_the_same_config_gets_a_fresh_cache(a1111):
     cached = refine(a1111, "sd15-random-fp16", "sd15-refiner-fp16", restore=False)
     assert "Creating model from config" not in cached.log  # weights into the same object
     assert "Loading weights" in cached.log
-    assert counts(cached) == REFINER_COUNTS
+    assert cached.counts() == REFINER_COUNTS
 
 
 # --------------------------------------------------------------------------- e. X/Y/Z plot
@@ -275,7 +270,7 @@ def since_start(host) -> str:
 def test_a1111_ours_loading_first_gets_the_args_and_says_so(a1111):
     """Our folder sorts before aria1th's sd-webui-deepcache-standalone: the args are ours."""
     result = a1111.txt2img(base_payload(a1111, alwayson_scripts=deepcache(interval=3)))
-    assert counts(result) == (4, 8)
+    assert result.counts() == (4, 8)
     log = since_start(a1111)
     assert "sd-webui-deepcache-standalone also registers a script titled 'DeepCache'" in log
     assert "args reach sd-webui-deepcache" in log
@@ -322,7 +317,7 @@ def test_forge_other_extension_loading_first_keeps_its_requests(forge):
 @pytest.mark.host_state(other_extension=True, folder="a-sd-webui-deepcache")
 def test_forge_ours_loading_first_gets_the_args(forge):
     result = forge.txt2img(base_payload(forge, alwayson_scripts=deepcache(interval=3)))
-    assert counts(result) == (4, 8)
+    assert result.counts() == (4, 8)
     assert "args reach a-sd-webui-deepcache, never sd-deepcache" in since_start(forge)
 
 
