@@ -1,12 +1,21 @@
-"""DeepCache for Stable Diffusion UNets: the host-agnostic engine.
+"""DeepCache for the Stable Diffusion web UIs.
 
-Hosts build :class:`DeepCacheParams` from their UI/API/infotext and wrap each sampling pass in a
-:class:`DeepCacheSession`; nothing else is needed from this package.
+* :mod:`lib_deepcache.engine`: the host-free engine (params, schedule, step clock, cache, UNet
+  layouts, the session);
+* :mod:`lib_deepcache.hosts`: the AUTOMATIC1111, Forge and SD.Next adapters and what they share;
+* :mod:`lib_deepcache.bench`: ``python -m lib_deepcache.bench`` and its tools.
+
+The engine's public names are re-exported here: ``from lib_deepcache import DeepCacheSession``.
 """
 
-from .layout import UnsupportedUNetError
-from .params import DeepCacheParamError, DeepCacheParams
-from .session import DeepCacheSession, DeepCacheStats, SessionConflictError
+from .engine import (
+    DeepCacheParamError,
+    DeepCacheParams,
+    DeepCacheSession,
+    DeepCacheStats,
+    SessionConflictError,
+    UnsupportedUNetError,
+)
 
 __all__ = [
     "DeepCacheParamError",

@@ -15,7 +15,7 @@ import torch
 from ldm.modules.diffusionmodules import openaimodel
 from ldm.modules.diffusionmodules.util import timestep_embedding
 
-from lib_deepcache.harness import SAMPLERS, CFGDenoiser, Rig, make_rig
+from lib_deepcache.bench.harness import SAMPLERS, CFGDenoiser, Rig, make_rig
 
 __all__ = ["SAMPLERS", "CFGDenoiser", "Rig", "make_rig"]
 

@@ -22,15 +22,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_TESTS = [
-    "tests/test_schedule.py",
-    "tests/test_clock.py",
-    "tests/test_params.py",
-    "tests/test_session.py",
-    "tests/test_sampling.py",
-    "tests/test_adaptive.py",
-    "tests/test_generation.py",
-    "tests/test_pipeline.py",
-    "tests/test_engine_ldm.py",
+    "tests/engine/test_schedule.py",
+    "tests/engine/test_clock.py",
+    "tests/engine/test_params.py",
+    "tests/engine/test_session.py",
+    "tests/engine/test_sampling.py",
+    "tests/engine/test_adaptive.py",
+    "tests/engine/test_generation.py",
+    "tests/engine/test_watcher.py", "tests/hosts/test_sdnext.py",
+    "tests/engine/test_unet_ldm.py",
 ]
 
 
@@ -44,19 +44,19 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
-        "lib_deepcache/cache.py",
+        "lib_deepcache/engine/cache.py",
         "SHAPES_PER_SLOT = 4",
         "SHAPES_PER_SLOT = 1",
         "one feature per slot: NGMS's alternating batch misses on every cached step",
     ),
     Mutation(
-        "lib_deepcache/cache.py",
+        "lib_deepcache/engine/cache.py",
         "        if slot >= MAX_SLOTS:\n            return False\n",
         "",
         "the slot bound: memory grows with the calls per step",
     ),
     Mutation(
-        "lib_deepcache/cache.py",
+        "lib_deepcache/engine/cache.py",
         "if entry is None or entry.step < stored_since:",
         "if entry is None:",
         "the stale rule: a feature older than the last full step is served",
@@ -92,49 +92,49 @@ MUTATIONS = [
         "the cached feature spliced after the skip instead of before",
     ),
     Mutation(
-        "lib_deepcache/schedule.py",
+        "lib_deepcache/engine/schedule.py",
         "return offset % params.interval == 0",
         "return offset % params.interval == 1",
         "uniform refreshes shifted by one step",
     ),
     Mutation(
-        "lib_deepcache/schedule.py",
+        "lib_deepcache/engine/schedule.py",
         "return range(max(0, first), min(total_steps, last))",
         "return range(max(0, first), min(total_steps, last + 1))",
         "the window's end included",
     ),
     Mutation(
-        "lib_deepcache/clock.py",
+        "lib_deepcache/engine/clock.py",
         "restarted = not first and timestep > self._current",
         "restarted = False",
         "a rising timestep not seen as a new pass",
     ),
     Mutation(
-        "lib_deepcache/clock.py",
+        "lib_deepcache/engine/clock.py",
         "if index is None and not (first or restarted):",
         "if False:",
         "a midpoint evaluation taken for a new step",
     ),
     Mutation(
-        "lib_deepcache/clock.py",
+        "lib_deepcache/engine/clock.py",
         "GRID_SLACK = 0.02",
         "GRID_SLACK = 0.0",
         "a refiner's slightly shifted timesteps restart the step count",
     ),
     Mutation(
-        "lib_deepcache/params.py",
+        "lib_deepcache/engine/params.py",
         "return max(0, min(depth, num_blocks - 1))",
         "return max(0, depth)",
         "depth not clamped to the UNet (SDXL has 9 blocks)",
     ),
     Mutation(
-        "lib_deepcache/generation.py",
+        "lib_deepcache/engine/generation.py",
         "if session.unet is unet and model_id == self._model_id:",
         "if session.unet is unet:",
         "a refiner loaded into the same UNet object keeps the base's features",
     ),
     Mutation(
-        "lib_deepcache/pipeline.py",
+        "lib_deepcache/hosts/sdnext.py",
         "grid = timesteps[begin::order]",
         "grid = timesteps[begin:]",
         "order-2 diffusers schedulers counted per evaluation",

@@ -1,4 +1,4 @@
-"""Train the fidelity fixture (lib_deepcache/fixtures/photo_unet_32px.safetensors) on the CPU.
+"""Train the fidelity fixture (lib_deepcache/bench/fixtures/photo_unet_32px.safetensors) on the CPU.
 
     .venv/bin/python tools/train_fixture.py [--iterations N] [--threads T] [--out FILE]
 
@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib_deepcache import fixture  # noqa: E402
-from lib_deepcache.harness import sd_alphas_cumprod  # noqa: E402
+from lib_deepcache.bench import fixture  # noqa: E402
+from lib_deepcache.bench.harness import sd_alphas_cumprod  # noqa: E402
 
 COLOUR = [
     "astronaut",

@@ -6,8 +6,8 @@ inpainting models, ``c_concat`` (mask and masked image latent) concatenated onto
 
 import torch
 
-from lib_deepcache.archs import build_unet, unet_config
-from lib_deepcache.harness import sd_alphas_cumprod
+from lib_deepcache.bench.archs import build_unet, unet_config
+from lib_deepcache.bench.harness import sd_alphas_cumprod
 
 
 class DiffusionWrapper(torch.nn.Module):

@@ -10,7 +10,7 @@ pipelines: ``set_timesteps``, img2img's ``t_start`` / ``set_begin_index``, batch
 import torch
 from diffusers import DDIMScheduler
 
-from lib_deepcache.archs import build_diffusers_unet
+from lib_deepcache.bench.archs import build_diffusers_unet
 from modules import processing
 
 

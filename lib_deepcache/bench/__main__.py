@@ -1,0 +1,5 @@
+"""``python -m lib_deepcache.bench``: see :mod:`.cli`."""
+
+from .cli import main
+
+main()

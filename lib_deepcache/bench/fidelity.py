@@ -1,0 +1,165 @@
+"""How close a DeepCache sample stays to the uncached one: PSNR, SSIM, relative L2.
+
+Measured on the trained fixture (``fixture.py``), whose samples look like photo crops, with the
+same seeds and sampler for both runs, so any difference comes from caching alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine.params import DeepCacheParams
+from ..engine.report import DeepCacheStats
+from ..engine.session import DeepCacheSession
+from . import fixture
+from .flops import count_block_flops, schedule_speedup
+from .harness import SAMPLERS, sd_alphas_cumprod
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    psnr: float
+    ssim: float
+    rel_l2: float
+
+
+class _FixtureModel(torch.nn.Module):
+    """What k-diffusion's CompVis wrapper calls: the fixture UNet with its constant context."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.diffusion_model = unet
+        self.register_buffer("alphas_cumprod", sd_alphas_cumprod())
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.diffusion_model(x, t, context=cond)
+
+
+class FixtureSampler:
+    def __init__(self, unet: torch.nn.Module | None = None) -> None:
+        import k_diffusion
+
+        self.unet = unet if unet is not None else fixture.load()
+        self.denoiser = k_diffusion.external.CompVisDenoiser(_FixtureModel(self.unet))
+
+    def sample(
+        self, seeds: list[int], steps: int, sampler: str, params: DeepCacheParams | None = None
+    ) -> tuple[torch.Tensor, DeepCacheStats]:
+        """One batched run over all seeds: images in [-1, 1], (N, 3, 32, 32), and the stats."""
+        sigmas = self.denoiser.get_sigmas(steps)
+        size = fixture.IMAGE_SIZE
+        noise = torch.stack(
+            [torch.randn(3, size, size, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        )
+        context = fixture.context(len(seeds))
+
+        def model(x: torch.Tensor, sigma: torch.Tensor, **_: object) -> torch.Tensor:
+            return self.denoiser(x, sigma, cond=context)
+
+        grid = [float(t) for t in self.denoiser.sigma_to_t(sigmas[:-1])]
+        session = DeepCacheSession(self.unet, params or DeepCacheParams(), steps, grid)
+        torch.manual_seed(seeds[0])
+        with torch.no_grad(), session:
+            images = SAMPLERS[sampler](model, noise * sigmas[0], sigmas, disable=True)
+        return images.clamp(-1, 1), session.stats
+
+    def shallow_share(self, depth: int, batch: int) -> float:
+        """f_b of the fixture at its sampling shape."""
+        size = fixture.IMAGE_SIZE
+        counted = count_block_flops(
+            self.unet, (batch, 3, size, size), (batch, fixture.CONTEXT_TOKENS, 32)
+        )
+        return counted.shallow_share(depth)
+
+
+def flop_speedup(stats: DeepCacheStats, shallow_share: float) -> float:
+    """UNet FLOPs uncached over cached for the steps a session ran."""
+    return schedule_speedup(stats.full_steps, stats.cached_steps, shallow_share)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    threshold: float
+    flop_speedup: float
+    images: torch.Tensor
+    stats: DeepCacheStats
+
+
+def calibrate_threshold(
+    fixture_sampler: FixtureSampler,
+    seeds: list[int],
+    steps: int,
+    sampler: str,
+    target_speedup: float,
+    shallow_share: float,
+    depth: int = 0,
+    max_cached: int = 10,
+    iterations: int = 14,
+) -> Calibrated:
+    """The adaptive threshold whose FLOP speedup on the fixture is closest to the target.
+
+    Bisection in log space: a larger threshold caches more, so the speedup grows with it.
+    """
+    low, high = 1e-4, 10.0
+    best: Calibrated | None = None
+    for _ in range(iterations):
+        threshold = math.sqrt(low * high)
+        params = DeepCacheParams(
+            True, depth=depth, schedule="adaptive", threshold=threshold, max_cached=max_cached
+        )
+        images, stats = fixture_sampler.sample(seeds, steps, sampler, params)
+        speedup = flop_speedup(stats, shallow_share)
+        candidate = Calibrated(threshold, speedup, images, stats)
+        if best is None or abs(speedup - target_speedup) < abs(best.flop_speedup - target_speedup):
+            best = candidate
+        if speedup < target_speedup:
+            low = threshold
+        else:
+            high = threshold
+    assert best is not None
+    return best
+
+
+def compare(reference: torch.Tensor, candidate: torch.Tensor) -> Fidelity:
+    """Mean PSNR (dB, images in [0, 1]; inf when identical), mean SSIM, mean relative L2."""
+    from skimage.metrics import structural_similarity
+
+    ref = ((reference + 1) / 2).double()
+    cand = ((candidate + 1) / 2).double()
+    psnrs, ssims, rels = [], [], []
+    for r, c in zip(ref, cand, strict=True):
+        mse = float(((r - c) ** 2).mean())
+        psnrs.append(math.inf if mse == 0 else 10 * math.log10(1.0 / mse))
+        ssims.append(
+            structural_similarity(
+                r.permute(1, 2, 0).numpy(),
+                c.permute(1, 2, 0).numpy(),
+                channel_axis=-1,
+                data_range=1.0,
+            )
+        )
+        rels.append(float((r - c).norm() / r.norm()))
+    return Fidelity(float(np.mean(psnrs)), float(np.mean(ssims)), float(np.mean(rels)))
+
+
+def save_grid(rows: list[tuple[str, torch.Tensor]], path: Path, columns: int = 8) -> None:
+    """One row of images per configuration (the first row uncached), labelled on the left."""
+    from PIL import Image, ImageDraw
+
+    scale, label_width = 3, 150
+    size = fixture.IMAGE_SIZE * scale
+    sheet = Image.new("RGB", (label_width + columns * size, len(rows) * size), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (label, images) in enumerate(rows):
+        draw.text((4, row * size + size // 2 - 6), label, fill="black")
+        for col, image in enumerate(images[:columns]):
+            pixels = ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            tile = Image.fromarray(pixels).resize((size, size), Image.NEAREST)
+            sheet.paste(tile, (label_width + col * size, row * size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)

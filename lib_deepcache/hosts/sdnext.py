@@ -1,0 +1,82 @@
+"""SD.Next: a diffusers pipeline whose ``unet`` runs every pass of a batch in one call.
+
+SD.Next calls its scripts once per batch around ``process_diffusers``, which runs the base pass,
+the hires pass and the refiner one after another: a :class:`PassWatcher` installed at
+``process_batch`` opens a session where each pass begins. The executed steps and the timestep
+grid come from the pipeline's scheduler, which the pipeline has set up before its first UNet
+call, read from the timestep the pass starts at (an img2img pass starts part-way down the
+schedule, and not every scheduler records where).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..engine.clock import same_timestep
+from ..engine.generation import GenerationRun, PassPlan
+from ..engine.unets import layout_of
+from ..engine.watcher import PassWatcher
+from . import webui
+from .base import HostAdapter
+from .passes import pass_identity
+
+
+class SdNext(HostAdapter):
+    name = "SD.Next"
+
+    def __init__(self) -> None:
+        self._watcher: PassWatcher | None = None
+
+    def on_batch(self, run: GenerationRun, p: Any) -> None:
+        unet = webui.sd_model().unet
+        layout_of(unet)  # an unsupported UNet is reported before anything is installed
+        self._watcher = PassWatcher(run, unet, lambda t: plan_for_pass(p, t))
+
+    def close(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.remove()
+
+
+def plan_for_pass(p: Any, first_timestep: float) -> PassPlan | None:
+    """The plan of the pipeline pass starting now (None for the refiner pass, whose UNet is
+    another model and runs uncached)."""
+    if getattr(p, "is_refiner_pass", False):
+        return None
+    name, params = pass_identity(p, p.deepcache_args)
+    steps, grid = scheduler_steps(webui.sd_model().scheduler, first_timestep)
+    return PassPlan(name, params, steps, grid)
+
+
+def scheduler_steps(scheduler: Any, first_timestep: float) -> tuple[int, list[float]]:
+    """Steps a diffusers scheduler executes from ``first_timestep`` on, and the timesteps they
+    start at.
+
+    Schedulers of order 2 (Heun, KDPM2, DPM SDE) list every step ``order`` times in
+    ``timesteps``: the step's start, then its second evaluation (at the next step's timestep
+    for Heun, at an interpolated one for KDPM2), the last step alone. A pass starts on a step
+    start (img2img pipelines slice at ``t_start * order``), so every ``order``-th timestep from
+    there is a step start.
+    """
+    timesteps = [float(t) for t in getattr(scheduler, "timesteps", [])]
+    order = max(1, int(getattr(scheduler, "order", 1) or 1))
+    # a step start first: Heun repeats each timestep, as a second evaluation and a start
+    candidates = [*range(0, len(timesteps), order), *range(len(timesteps))]
+    begin = next((i for i in candidates if same_timestep(timesteps[i], first_timestep)), None)
+    if begin is None:
+        raise ValueError(
+            f"{type(scheduler).__name__} has no timestep {first_timestep:g} in its schedule"
+        )
+    grid = timesteps[begin::order]
+    return len(grid), grid
+
+
+def offer_in_control_tab(title: str) -> None:
+    """SD.Next runs extension scripts in its Control tab only if their title is on its list."""
+    try:
+        import installer
+    except ImportError:
+        return
+    allowed = getattr(installer, "control_extensions", None)
+    if isinstance(allowed, list) and title not in allowed:
+        allowed.append(title)

@@ -1,0 +1,1 @@
+"""Tests of lib_deepcache.bench."""

@@ -1,0 +1,98 @@
+"""The benchmark: report structure and FLOP figures (never timings), checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lib_deepcache.bench import cli as bench
+from lib_deepcache.bench import speed
+from lib_deepcache.bench.archs import build_unet
+from lib_deepcache.bench.flops import count_block_flops, speed_limit
+from lib_deepcache.engine import schedule
+from lib_deepcache.engine.params import DeepCacheParamError, DeepCacheParams
+
+
+@pytest.mark.parametrize("arch", ["diffusers-sd15", "diffusers-sdxl"])
+def test_quick_bench_runs_diffusers_unets(arch):
+    report = bench.main(["--quick", "--arch", arch, "--grid", "3x0,2x2"])
+    for row in report.rows:
+        assert row.full_steps == len(schedule.full_steps(row.params(), 6))
+        assert 1 < row.flop_speedup <= row.limit * (1 + 1e-9)
+        assert row.unet_seconds_on > 0
+
+
+def test_checkpoints_are_refused_for_diffusers_archs(tmp_path):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--arch", "diffusers-sd15", "--checkpoint", str(tmp_path / "x")])
+
+
+def test_quick_bench_writes_a_consistent_report(tmp_path, capsys):
+    report = bench.main(
+        ["--quick", "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]
+    )
+    assert [r.label for r in report.rows] == ["N=3 b=0 uniform", "N=5 b=1 non-uniform"]
+    for row in report.rows:
+        assert row.full_steps == len(schedule.full_steps(row.params(), 6))
+        assert row.full_steps + row.cached_steps == 6
+        assert 1 < row.flop_speedup <= row.limit * (1 + 1e-9)
+        assert row.limit == pytest.approx(speed_limit(row.interval, row.shallow_share))
+        assert row.unet_seconds_off > 0 and row.unet_seconds_on > 0
+        assert row.cache_peak_mb > 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["settings"]["steps"] == 6 and len(data["rows"]) == 2
+    assert {"flop_speedup", "limit", "measured_speedup", "efficiency", "cache_peak_mb"} <= set(
+        data["rows"][0]
+    )
+    markdown = (tmp_path / "r.md").read_text()
+    assert "| config | full/cached |" in markdown and "N=5 b=1 non-uniform" in markdown
+    assert "N=3 b=0 uniform" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("interval", [2, 3, 5])
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_sd15_flop_speedup_over_30_steps_is_within_2_percent_of_the_limit(interval, depth):
+    unet = build_unet("sd15", device="meta")
+    counted = count_block_flops(unet, (2, 4, 16, 16), (2, 77, 768))
+    share = counted.shallow_share(depth)
+    params = DeepCacheParams(True, interval, depth)
+    full = len(schedule.full_steps(params, 30))
+    speedup = 30 / (full + (30 - full) * share)
+    assert speedup == pytest.approx(speed_limit(interval, share), rel=0.02)
+    assert speedup > 1
+
+
+def test_grid_syntax():
+    rows = bench.parse_grid("3x0, 5x1n, 3x2a0.25")
+    assert [r.label for r in rows] == [
+        "N=3 b=0 uniform",
+        "N=5 b=1 non-uniform",
+        "N=3 b=2 adaptive t=0.25",
+    ]
+    assert rows[2].params() == DeepCacheParams(
+        True, depth=2, schedule="adaptive", threshold=0.25, max_cached=6
+    )
+    with pytest.raises(DeepCacheParamError):
+        bench.parse_grid("0x0")
+
+
+def test_checkpoint_weights_load_into_the_unet(tmp_path):
+    from safetensors.torch import save_file
+
+    source = build_unet("sd15", width=32, seed=1)
+    save_file(
+        {f"model.diffusion_model.{k}": v for k, v in source.state_dict().items()}
+        | {"first_stage_model.decoder.conv_in.weight": torch.zeros(1)},
+        str(tmp_path / "model.safetensors"),
+    )
+    target = build_unet("sd15", width=32, seed=2)
+    speed.load_checkpoint(target, tmp_path / "model.safetensors")
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, target.state_dict()[key]), key
+    with pytest.raises(ValueError, match="does not fit"):
+        speed.load_checkpoint(build_unet("sdxl", width=32), tmp_path / "model.safetensors")
+    save_file({"other": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a WebUI checkpoint"):
+        speed.load_checkpoint(target, tmp_path / "other.safetensors")

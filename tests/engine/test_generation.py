@@ -1,0 +1,123 @@
+"""One generation: a fresh session per pass, the hooks following a model swap, clean close."""
+
+from __future__ import annotations
+
+import torch
+
+from lib_deepcache.bench.archs import build_unet, unet_config
+from lib_deepcache.engine.generation import GenerationRun, PassPlan
+from lib_deepcache.engine.params import DeepCacheParams
+from tests.support import assert_same_fingerprint, unet_fingerprint
+
+ON = DeepCacheParams(enabled=True, interval=2)
+CONTEXT = unet_config("sd15", 32)["context_dim"]
+
+
+def call(unet, t, batch=2, size=16):
+    x = torch.randn(batch, 4, size, size)
+    with torch.no_grad():
+        unet(x, torch.full((batch,), float(t)), context=torch.randn(batch, 77, CONTEXT))
+
+
+def test_each_pass_gets_a_fresh_session_and_cache():
+    unet = build_unet("sd15", width=32)
+    run = GenerationRun()
+    run.begin_pass(unet, PassPlan("first pass", ON, 4))
+    first = run.session
+    for t in (999, 750, 500, 250):
+        call(unet, t)
+    assert first.stats.cached_passes == 2
+    run.begin_pass(unet, PassPlan("hires", ON, 2))
+    assert run.session is not first and not first.active
+    assert run.session.cached_tensors == []
+    for t in (500, 250):
+        call(unet, t, size=24)
+    run.close()
+    assert run.counts_infotext() == "first pass 2 full / 2 cached; hires 1 full / 1 cached"
+
+
+def test_disabled_pass_installs_nothing():
+    unet = build_unet("sd15", width=32)
+    before = unet_fingerprint(unet)
+    run = GenerationRun()
+    run.begin_pass(unet, PassPlan("first pass", DeepCacheParams(), 4))
+    assert run.session is None
+    assert_same_fingerprint(before, unet_fingerprint(unet))
+    assert run.counts_infotext() == ""
+
+
+def test_model_swap_moves_the_hooks_and_restores_the_old_unet():
+    base, refiner = build_unet("sd15", width=32, seed=1), build_unet("sd15", width=32, seed=2)
+    before = unet_fingerprint(base)
+    grid = [999.0, 750.0, 500.0, 250.0]
+    run = GenerationRun()
+    run.begin_pass(base, PassPlan("first pass", ON, 4, grid))
+    call(base, 999)
+    run.follow_unet(base)  # same model: nothing happens
+    run.follow_unet(refiner)
+    assert_same_fingerprint(before, unet_fingerprint(base))
+    assert run.session.unet is refiner
+    for t in (750, 500, 250):
+        call(refiner, t)
+    run.close()
+    run.close()
+    # steps 0 and 2 full by the schedule; step 1 was to be cached but missed on the new UNet and
+    # ran it whole, so it counts as full; step 3 reused the new UNet's step-2 feature
+    assert run.counts_infotext() == "3 full / 1 cached"
+    moved = run.passes[0].stats[1]
+    assert moved.miss_passes == 1  # step 1 (cached) found no feature on the new UNet: ran fully
+    assert moved.cached_passes == 1  # step 3 used the new UNet's own step-2 feature
+
+
+def test_a_pass_begun_again_before_it_ran_is_counted_once():
+    """Forge calls its per-pass hook twice before the hires pass; attach=False leaves the UNet
+    untouched for the host to attach per call."""
+    unet = build_unet("sd15", width=32)
+    run = GenerationRun()
+    run.begin_pass(unet, PassPlan("first pass", ON, 2))
+    call(unet, 999)
+    call(unet, 500)
+    run.begin_pass(unet, PassPlan("hires", ON, 2), attach=False)
+    session = run.begin_pass(unet, PassPlan("hires", ON, 2), attach=False)
+    assert not session.active and "forward" not in unet.input_blocks[0].__dict__
+    for t in (999, 500):
+        with session.attached():
+            call(unet, t)
+        assert not session.active
+    run.close()
+    assert [record.name for record in run.passes] == ["first pass", "hires"]
+    assert run.counts_infotext() == "first pass 1 full / 1 cached; hires 1 full / 1 cached"
+
+
+def test_per_call_sessions_do_not_follow_model_swaps():
+    base, other = build_unet("sd15", width=32, seed=1), build_unet("sd15", width=32, seed=2)
+    run = GenerationRun()
+    session = run.begin_pass(base, PassPlan("first pass", ON, 2), attach=False)
+    run.follow_unet(other)
+    assert run.session is session and session.unet is base
+    run.close()
+
+
+def test_refiner_weights_loaded_into_the_same_unet_get_a_fresh_cache():
+    """A1111 loads a refiner of the base's config into the same model object: the UNet object
+    stays, the checkpoint changes. Hand-worked with interval 2 over 4 steps, switching after
+    step 0: the base ran step 0 fully; the refiner's step 1 would be cached but must not read
+    the base's feature, so it runs fully on the new weights; step 2 is full by the schedule and
+    step 3 reuses the refiner's own step-2 feature."""
+    unet = build_unet("sd15", width=32, seed=1)
+    grid = [999.0, 750.0, 500.0, 250.0]
+    run = GenerationRun()
+    run.begin_pass(unet, PassPlan("first pass", ON, 4, grid), model_id="base.safetensors")
+    call(unet, 999)
+    base_session = run.session
+    run.follow_unet(unet, "base.safetensors")  # same weights: the session stays
+    assert run.session is base_session
+    unet.load_state_dict(build_unet("sd15", width=32, seed=2).state_dict())
+    run.follow_unet(unet, "refiner.safetensors")
+    assert run.session is not base_session and run.session.unet is unet
+    for t in (750, 500, 250):
+        call(unet, t)
+    run.close()
+    assert run.counts_infotext() == "3 full / 1 cached"
+    refined = run.passes[0].stats[1]
+    assert (refined.miss_passes, refined.cached_passes) == (1, 1)

@@ -1,0 +1,140 @@
+"""Parameters: one validated object from positional args, named args and infotext."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lib_deepcache.engine.params import (
+    MAX_DEPTH,
+    DeepCacheParamError,
+    DeepCacheParams,
+    effective_depth,
+)
+
+
+def test_defaults_are_off_and_the_papers_interval():
+    params = DeepCacheParams()
+    assert (params.enabled, params.interval, params.depth) == (False, 3, 0)
+    assert (params.start, params.end, params.schedule) == (0.0, 1.0, "uniform")
+
+
+def test_positional_order_is_documented_order():
+    assert DeepCacheParams.field_names() == (
+        "enabled",
+        "interval",
+        "depth",
+        "start",
+        "end",
+        "schedule",
+        "threshold",
+        "max_cached",
+    )
+    params = DeepCacheParams.from_args([True, 5, 2, 0.1, 0.9, "non-uniform"])
+    assert params == DeepCacheParams(True, 5, 2, 0.1, 0.9, "non-uniform")
+
+
+def test_short_positional_list_takes_defaults():
+    assert DeepCacheParams.from_args([True, 4]) == DeepCacheParams(enabled=True, interval=4)
+
+
+def test_single_dict_argument_is_the_named_form():
+    params = DeepCacheParams.from_args([{"enabled": True, "depth": 3, "schedule": "Non_Uniform"}])
+    assert params == DeepCacheParams(enabled=True, depth=3, schedule="non-uniform")
+
+
+def test_json_style_values_are_accepted():
+    params = DeepCacheParams.from_dict({"enabled": "true", "interval": 3.0, "end": "0.5"})
+    assert params == DeepCacheParams(enabled=True, interval=3, end=0.5)
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "allowed"),
+    [
+        ({"interval": 0}, "interval", "1 to 1000"),
+        ({"interval": 2.5}, "interval", "integer"),
+        ({"interval": True}, "interval", "integer"),
+        ({"interval": "three"}, "interval", "integer"),
+        ({"interval": math.nan}, "interval", "integer"),
+        ({"depth": -1}, "depth", f"0 to {MAX_DEPTH}"),
+        ({"depth": 12}, "depth", f"0 to {MAX_DEPTH}"),
+        ({"start": 1.5}, "start", "0 to 1"),
+        ({"end": math.inf}, "end", "0 to 1"),
+        ({"start": 0.6, "end": 0.5}, "start", "below end"),
+        ({"schedule": "cosine"}, "schedule", "uniform or non-uniform or adaptive"),
+        ({"threshold": -0.5}, "threshold", ">= 0"),
+        ({"threshold": math.nan}, "threshold", ">= 0"),
+        ({"max_cached": 0}, "max_cached", "1 to 1000"),
+        ({"enabled": "maybe"}, "enabled", "true or false"),
+        ({"enabled": None}, "enabled", "null is not allowed"),
+        ({"intervall": 3}, "intervall", "keys enabled, interval"),
+    ],
+)
+def test_bad_values_name_the_field_value_and_range(values, field, allowed):
+    with pytest.raises(DeepCacheParamError) as info:
+        DeepCacheParams.from_dict(values)
+    assert info.value.field == field
+    assert allowed in str(info.value)
+    assert field in str(info.value)
+
+
+def test_too_many_positional_values_are_refused():
+    with pytest.raises(DeepCacheParamError, match="at most 8 values"):
+        DeepCacheParams.from_args([True, 3, 0, 0, 1, "uniform", 0.2, 4, "extra"])
+
+
+def test_params_are_immutable():
+    with pytest.raises(AttributeError):
+        DeepCacheParams().interval = 5  # type: ignore[misc]
+
+
+def test_infotext_round_trip():
+    params = DeepCacheParams(True, 4, 2, 0.1, 0.85, "non-uniform")
+    text = params.to_infotext()
+    assert text == "interval 4, depth 2, start 10%, end 85%, non-uniform"
+    assert DeepCacheParams.from_infotext(text) == params
+    assert DeepCacheParams.from_infotext(f'"{text}"') == params
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["interval x, depth 0", "interval 3, start 10", "interval 3, colour blue", "interval 3, lol"],
+)
+def test_bad_infotext_raises_the_param_error(text):
+    with pytest.raises(DeepCacheParamError):
+        DeepCacheParams.from_infotext(text)
+
+
+def test_depth_clamps_to_the_architecture():
+    assert effective_depth(11, 12) == 11
+    assert effective_depth(11, 9) == 8
+    assert effective_depth(3, 9) == 3
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+
+
+@given(st.lists(json_values, max_size=8))
+def test_positional_parser_raises_only_its_own_error(args):
+    with contextlib.suppress(DeepCacheParamError):
+        DeepCacheParams.from_args(args)
+
+
+@given(st.dictionaries(st.sampled_from(DeepCacheParams.field_names()), json_values))
+def test_named_parser_raises_only_its_own_error(values):
+    with contextlib.suppress(DeepCacheParamError):
+        DeepCacheParams.from_dict(values)
+
+
+@given(st.text(max_size=60))
+def test_infotext_parser_raises_only_its_own_error(text):
+    with contextlib.suppress(DeepCacheParamError):
+        DeepCacheParams.from_infotext(text)

@@ -1,0 +1,57 @@
+"""SD.Next's adapter: executed steps and grid of a pass from the pipeline's scheduler, and the
+passes it leaves uncached."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+)
+
+from lib_deepcache.hosts.sdnext import scheduler_steps
+
+
+@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, EulerDiscreteScheduler])
+def test_img2img_pass_counts_only_the_steps_from_its_first_timestep(scheduler_class):
+    scheduler = scheduler_class(num_train_timesteps=1000)
+    scheduler.set_timesteps(10)
+    timesteps = [float(t) for t in scheduler.timesteps]
+    assert scheduler_steps(scheduler, timesteps[0]) == (10, timesteps)
+    steps, grid = scheduler_steps(scheduler, timesteps[6])
+    assert steps == 4 and grid == timesteps[6:]
+
+
+def _step_starts(scheduler, begin: int = 0) -> list[float]:
+    """The oracle: drive the real scheduler through its timesteps from ``begin`` and note the
+    timesteps at which it is in its first-order state (the start of a step)."""
+    scheduler.set_begin_index(begin)
+    sample = torch.zeros(1, 1, 2, 2)
+    starts = []
+    for t in scheduler.timesteps[begin:]:
+        if getattr(scheduler, "state_in_first_order", True):
+            starts.append(float(t))
+        sample = scheduler.step(torch.zeros_like(sample), t, sample).prev_sample
+    return starts
+
+
+@pytest.mark.parametrize("scheduler_class", [HeunDiscreteScheduler, KDPM2DiscreteScheduler])
+@pytest.mark.parametrize("t_start", [0, 5])
+def test_second_order_scheduler_counts_steps_not_evaluations(scheduler_class, t_start):
+    """SD.Next's KDPM2 reported 15 full / 8 cached for 12 steps: each step is listed twice."""
+    scheduler = scheduler_class(num_train_timesteps=1000)
+    scheduler.set_timesteps(12)
+    begin = t_start * scheduler.order  # where diffusers' img2img pipelines slice
+    want = _step_starts(scheduler, begin)
+    assert len(want) == 12 - t_start
+    assert scheduler_steps(scheduler, float(scheduler.timesteps[begin])) == (len(want), want)
+
+
+def test_a_timestep_off_the_schedule_is_refused():
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(10)
+    with pytest.raises(ValueError, match="no timestep 3"):
+        scheduler_steps(scheduler, 3.0)
