@@ -1,11 +1,12 @@
-"""Seeded mutations of the engine: does the unit suite catch each one?
+"""Seeded mutations of the engine and the host adapters: does the unit suite catch each one?
 
     .venv/bin/python tools/mutate.py            # all, then the score
     .venv/bin/python tools/mutate.py --list     # what each mutation breaks
     .venv/bin/python tools/mutate.py --only 3 7
 
-Each mutation replaces one snippet of an engine module (it must occur exactly once), runs the
-engine's unit tests with ``-x`` and puts the file back, whatever happened. A mutation the tests
+Each mutation replaces one snippet of an engine or host module (it must occur exactly once),
+runs that package's unit tests (``tests/engine`` or ``tests/hosts``) with ``-x`` and puts the
+file back, whatever happened. A mutation the tests
 pass is a gap: a behaviour nothing checks. The list is hand-written from the bugs this project
 has had and the rules its engine keeps; equivalent mutants (no observable change) are left
 out. Runs on this machine's CPU in about a minute per mutation; not part of CI.
@@ -21,17 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE_TESTS = [
-    "tests/engine/test_schedule.py",
-    "tests/engine/test_clock.py",
-    "tests/engine/test_params.py",
-    "tests/engine/test_session.py",
-    "tests/engine/test_sampling.py",
-    "tests/engine/test_adaptive.py",
-    "tests/engine/test_generation.py",
-    "tests/engine/test_watcher.py", "tests/hosts/test_sdnext.py",
-    "tests/engine/test_unet_ldm.py",
-]
+ENGINE_TESTS = ["tests/engine"]
+HOST_TESTS = ["tests/hosts"]
+E = "lib_deepcache/engine/"
+H = "lib_deepcache/hosts/"
 
 
 @dataclass(frozen=True)
@@ -40,104 +34,173 @@ class Mutation:
     old: str
     new: str
     breaks: str
+    tests: tuple[str, ...] = tuple(ENGINE_TESTS)
 
 
 MUTATIONS = [
+    # ----------------------------------------------------------------- engine
     Mutation(
-        "lib_deepcache/engine/cache.py",
+        E + "cache.py",
         "SHAPES_PER_SLOT = 4",
         "SHAPES_PER_SLOT = 1",
         "one feature per slot: NGMS's alternating batch misses on every cached step",
     ),
     Mutation(
-        "lib_deepcache/engine/cache.py",
+        E + "cache.py",
         "        if slot >= MAX_SLOTS:\n            return False\n",
         "",
         "the slot bound: memory grows with the calls per step",
     ),
     Mutation(
-        "lib_deepcache/engine/cache.py",
+        E + "cache.py",
         "if entry is None or entry.step < stored_since:",
         "if entry is None:",
         "the stale rule: a feature older than the last full step is served",
     ),
     Mutation(
-        "lib_deepcache/session.py",
-        "        if tick.restarted:\n            self._cache.clear()\n",
+        E + "planner.py",
+        "        if tick.restarted:\n            self.clear()\n",
         "        if tick.restarted:\n",
         "a restart keeps the previous pass's features",
     ),
     Mutation(
-        "lib_deepcache/session.py",
-        "            self.stats.miss_passes += 1\n            self._count_pass(ran_full=True)",
-        "            self.stats.miss_passes += 1\n            self._count_pass(ran_full=False)",
+        E + "planner.py",
+        "                self.stats.miss_passes += 1\n            self._count_pass(ran_full=True)",
+        "                self.stats.miss_passes += 1\n"
+        "            self._count_pass(ran_full=self._step_is_full)",
         "a miss counted as a cached step",
     ),
     Mutation(
-        "lib_deepcache/session.py",
-        "if self._adaptive and p.mode is _Mode.FULL and p.slot == 0:",
-        "if self._adaptive and p.mode is _Mode.FULL:",
+        E + "planner.py",
+        "if self._adaptive and p.mode is Mode.FULL and p.slot == 0:",
+        "if self._adaptive and p.mode is Mode.FULL:",
         "the adaptive reference read from the step's last slot, not its first",
     ),
     Mutation(
-        "lib_deepcache/session.py",
+        E + "planner.py",
         "            self._change_sum, self._cached_in_a_row = 0.0, 0",
         "            self._cached_in_a_row = 0",
         "the adaptive change not reset at a refresh",
     ),
     Mutation(
-        "lib_deepcache/session.py",
+        E + "planner.py",
+        "self._cached_in_a_row >= self.params.max_cached",
+        "self._cached_in_a_row > self.params.max_cached",
+        "the adaptive schedule caches one step more than max cached in a row",
+    ),
+    Mutation(
+        E + "session.py",
         "return torch.cat([feature, skip], dim=1)",
         "return torch.cat([skip, feature], dim=1)",
         "the cached feature spliced after the skip instead of before",
     ),
     Mutation(
-        "lib_deepcache/engine/schedule.py",
+        E + "session.py",
+        "return previous(*args, **kwargs) if shapes is None else shapes.zeros()",
+        "return previous(*args, **kwargs)",
+        "a cached pass still runs the deep blocks (same image, no saving)",
+    ),
+    Mutation(
+        E + "layout.py",
+        "return self.num_blocks - 1 - depth",
+        "return self.num_blocks - depth",
+        "the feature spliced one output block too early",
+    ),
+    Mutation(
+        E + "schedule.py",
         "return offset % params.interval == 0",
         "return offset % params.interval == 1",
         "uniform refreshes shifted by one step",
     ),
     Mutation(
-        "lib_deepcache/engine/schedule.py",
+        E + "schedule.py",
         "return range(max(0, first), min(total_steps, last))",
         "return range(max(0, first), min(total_steps, last + 1))",
         "the window's end included",
     ),
     Mutation(
-        "lib_deepcache/engine/clock.py",
+        E + "clock.py",
         "restarted = not first and timestep > self._current",
         "restarted = False",
         "a rising timestep not seen as a new pass",
     ),
     Mutation(
-        "lib_deepcache/engine/clock.py",
+        E + "clock.py",
         "if index is None and not (first or restarted):",
         "if False:",
         "a midpoint evaluation taken for a new step",
     ),
     Mutation(
-        "lib_deepcache/engine/clock.py",
+        E + "clock.py",
         "GRID_SLACK = 0.02",
         "GRID_SLACK = 0.0",
         "a refiner's slightly shifted timesteps restart the step count",
     ),
     Mutation(
-        "lib_deepcache/engine/params.py",
+        E + "params.py",
         "return max(0, min(depth, num_blocks - 1))",
         "return max(0, depth)",
         "depth not clamped to the UNet (SDXL has 9 blocks)",
     ),
     Mutation(
-        "lib_deepcache/engine/generation.py",
+        E + "generation.py",
         "if session.unet is unet and model_id == self._model_id:",
         "if session.unet is unet:",
         "a refiner loaded into the same UNet object keeps the base's features",
     ),
     Mutation(
-        "lib_deepcache/hosts/sdnext.py",
+        E + "generation.py",
+        "            self.passes.pop()\n",
+        "            pass\n",
+        "a pass begun twice before it ran (Forge's hires) counted as two passes",
+    ),
+    Mutation(
+        E + "watcher.py",
+        "if not (tick.new_step and tick.step == 0):",
+        "if not tick.new_step:",
+        "every step of a pipeline pass taken for a new pass",
+    ),
+    Mutation(
+        E + "report.py",
+        "return self.cached_passes * (1.0 - self.shallow_share) / passes",
+        "return self.cached_passes * self.shallow_share / passes",
+        "the FLOP saving reported as the shallow share",
+    ),
+    # ----------------------------------------------------------------- hosts
+    Mutation(
+        H + "sdnext.py",
         "grid = timesteps[begin::order]",
         "grid = timesteps[begin:]",
         "order-2 diffusers schedulers counted per evaluation",
+        tuple(HOST_TESTS),
+    ),
+    Mutation(
+        H + "sdnext.py",
+        '    if getattr(p, "is_refiner_pass", False):\n        return None\n',
+        "",
+        "SD.Next's refiner pass cached",
+        tuple(HOST_TESTS),
+    ),
+    Mutation(
+        H + "passes.py",
+        "        executed = t_enc + 1",
+        "        executed = t_enc",
+        "an img2img pass planned one step short",
+        tuple(HOST_TESTS),
+    ),
+    Mutation(
+        H + "controller.py",
+        "            p.extra_generation_params.pop(key, None)",
+        "            pass",
+        "an X/Y/Z cell inherits the previous cell's DeepCache infotext",
+        tuple(HOST_TESTS),
+    ),
+    Mutation(
+        H + "controller.py",
+        "        if parsed.enabled:\n            self._unhook_on_close(p)\n",
+        "",
+        "a generation that fails mid-sampling leaves the UNet hooked",
+        tuple(HOST_TESTS),
     ),
 ]
 
@@ -176,7 +239,7 @@ def main() -> None:
         return
     caught = 0
     for i, mutation in chosen:
-        hit, seconds, first = run(mutation, ENGINE_TESTS)
+        hit, seconds, first = run(mutation, list(mutation.tests))
         caught += hit
         verdict = "caught" if hit else "SURVIVED"
         print(f"{i:2d}  {verdict:8s} {seconds:5.0f} s  {mutation.breaks}  {first}", flush=True)

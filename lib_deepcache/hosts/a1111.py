@@ -19,18 +19,15 @@ from .passes import ldm_pass_plan
 class A1111(HostAdapter):
     name = "AUTOMATIC1111"
 
-    def __init__(self) -> None:
-        self._per_pass_hook = webui.has_per_pass_hook()
-
     def on_batch(self, run: GenerationRun, p: Any) -> None:
-        if not self._per_pass_hook:
+        if not webui.has_per_pass_hook():
             self._begin_pass(run, p)
 
     def on_sampling(self, run: GenerationRun, p: Any) -> None:
         self._begin_pass(run, p)
 
     def on_hires(self, run: GenerationRun, p: Any) -> None:
-        if not self._per_pass_hook:
+        if not webui.has_per_pass_hook():
             self._begin_pass(run, p)
 
     def follow_model(self, run: GenerationRun) -> None:

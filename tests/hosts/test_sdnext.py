@@ -3,6 +3,8 @@ passes it leaves uncached."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 from diffusers import (
@@ -12,7 +14,11 @@ from diffusers import (
     KDPM2DiscreteScheduler,
 )
 
-from lib_deepcache.hosts.sdnext import scheduler_steps
+from lib_deepcache.bench.archs import build_diffusers_unet
+from lib_deepcache.engine.generation import GenerationRun
+from lib_deepcache.hosts import webui
+from lib_deepcache.hosts.script_args import ScriptArgs
+from lib_deepcache.hosts.sdnext import SdNext, scheduler_steps
 
 
 @pytest.mark.parametrize("scheduler_class", [DDIMScheduler, EulerDiscreteScheduler])
@@ -55,3 +61,40 @@ def test_a_timestep_off_the_schedule_is_refused():
     scheduler.set_timesteps(10)
     with pytest.raises(ValueError, match="no timestep 3"):
         scheduler_steps(scheduler, 3.0)
+
+
+def _pipeline_pass(unet, timesteps, context):
+    """The UNet calls of one pipeline pass (batch 1, CFG off), and their outputs."""
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return [unet(x, torch.tensor(t), encoder_hidden_states=context).sample for t in timesteps]
+
+
+def test_the_refiner_pass_of_a_pipeline_run_stays_uncached(monkeypatch):
+    """SD.Next runs the base pass and the refiner pass in one batch; the refiner pass is left
+    uncached (its plan is None). Base: 4 steps at interval 2 → full at 0 and 2, cached at 1 and
+    3: "2 full / 2 cached". The refiner pass (timesteps rise again: a new pass) must add no
+    record and give exactly the uncached UNet's outputs."""
+    unet = build_diffusers_unet("sd15", width=32)
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(4)
+    timesteps = [float(t) for t in scheduler.timesteps]
+    model = types.SimpleNamespace(unet=unet, scheduler=scheduler)
+    monkeypatch.setattr(webui, "sd_model", lambda: model)
+    context = torch.randn(1, 7, unet.config.cross_attention_dim)
+    refiner_timesteps = timesteps[2:]
+    reference = _pipeline_pass(unet, refiner_timesteps, context)
+
+    p = types.SimpleNamespace(deepcache_args=ScriptArgs.from_args([True, 2, 0]))
+    run, adapter = GenerationRun(), SdNext()
+    adapter.on_batch(run, p)
+    try:
+        _pipeline_pass(unet, timesteps, context)
+        p.is_refiner_pass = True
+        refined = _pipeline_pass(unet, refiner_timesteps, context)
+    finally:
+        adapter.close()
+        run.close()
+    assert run.counts_infotext() == "2 full / 2 cached"
+    assert all(torch.equal(a, b) for a, b in zip(refined, reference, strict=True))
+    assert not unet._forward_pre_hooks
