@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.hostctl import HOST_NAMES, HostError, HostServer, HostState
+from tests.e2e.build import HostError
+from tests.e2e.hostctl import HOST_NAMES, HostServer, HostState
 
 
 def selected_hosts(config: pytest.Config) -> tuple[str, ...]:

@@ -13,16 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.e2e.hostctl import (
-    HostServer,
+from tests.e2e.hostctl import HostServer
+from tests.e2e.oracles import generation_ran, parse_counts
+from tests.e2e.payloads import (
     base_payload,
     deepcache,
     deepcache_positional,
-    generation_ran,
     left_half_mask,
     max_abs_diff,
     noise_image,
-    parse_counts,
     png_b64,
 )
 

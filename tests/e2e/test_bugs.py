@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.hostctl import (
-    base_payload,
-    deepcache,
-    max_abs_diff,
-    noise_image,
-    png_b64,
-)
+from tests.e2e.payloads import base_payload, deepcache, max_abs_diff, noise_image, png_b64
 
 pytestmark = pytest.mark.e2e
 

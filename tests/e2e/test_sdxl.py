@@ -24,15 +24,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.hostctl import (
-    HostError,
-    HostServer,
-    Result,
-    base_payload,
-    deepcache,
-    max_abs_diff,
-    parse_counts,
-)
+from tests.e2e.build import HostError
+from tests.e2e.hostctl import HostServer
+from tests.e2e.oracles import parse_counts
+from tests.e2e.payloads import Result, base_payload, deepcache, max_abs_diff
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import CHROMEDRIVER, CHROMIUM, start_chromium
-from tests.e2e.hostctl import base_payload, deepcache
+from tests.e2e.payloads import base_payload, deepcache
 
 pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
 
