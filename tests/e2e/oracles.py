@@ -80,6 +80,8 @@ def parse_counts(text: str) -> Any:
         match = re.match(r"^\s*([a-z][a-z ]*?)\s+(\d+\s+full\s*/\s*\d+\s+cached)\s*$", part)
         if match is None:
             raise ValueError(f"not a DeepCache pass count: {part!r} in {text!r}")
+        if match[1] in passes:  # e.g. a pass begun twice (Forge calls its hook twice)
+            raise ValueError(f"pass {match[1]!r} counted twice in {text!r}")
         passes[match[1]] = parse_counts(match[2])
     return passes
 

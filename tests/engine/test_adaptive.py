@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from lib_deepcache import DeepCacheParams, DeepCacheSession
-from lib_deepcache.engine.params import DeepCacheParamError
 from tests.support import make_rig
 
 STEPS = 12
@@ -15,6 +14,15 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def rig():
     return make_rig("sd15", width=32, seed=31)
+
+
+@pytest.fixture(scope="module")
+def diffusers_rig():
+    """A diffusers UNet (SD.Next's) sampled the same way."""
+    return make_rig("diffusers-sd15", width=32, seed=31)
+
+
+RIG_OF_ARCH = {"sd15": "rig", "diffusers-sd15": "diffusers_rig"}
 
 
 def run(rig, params, sampler="euler", **cfg):
@@ -29,19 +37,35 @@ def adaptive(threshold, max_cached=4, **kw):
     )
 
 
-def test_threshold_zero_refreshes_every_step_and_is_bit_identical(rig):
+@pytest.mark.parametrize("arch", RIG_OF_ARCH)
+def test_threshold_zero_refreshes_every_step_and_is_bit_identical(request, arch):
+    rig = request.getfixturevalue(RIG_OF_ARCH[arch])
     plain, _ = rig.sample("euler", STEPS, batch=1)
     out, stats = run(rig, adaptive(0.0))
     assert torch.equal(out, plain)
     assert stats.cached_steps == 0 and stats.full_steps == STEPS
 
 
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_infinite_threshold_with_max_cached_k_is_uniform_interval_k_plus_1(rig, k):
+@pytest.mark.parametrize(
+    ("arch", "k", "counts"),
+    [
+        # 12 steps at uniform interval k + 1: k=1 full 0, 2, ..., 10; k=2 full 0, 3, 6, 9;
+        # k=4 full 0, 5, 10
+        ("sd15", 1, (6, 6)),
+        ("sd15", 2, (4, 8)),
+        ("sd15", 4, (3, 9)),
+        ("diffusers-sd15", 2, (4, 8)),
+    ],
+)
+def test_infinite_threshold_with_max_cached_k_is_uniform_interval_k_plus_1(
+    request, arch, k, counts
+):
+    rig = request.getfixturevalue(RIG_OF_ARCH[arch])
     uniform, u_stats = run(rig, DeepCacheParams(enabled=True, interval=k + 1))
     out, a_stats = run(rig, adaptive(float("inf"), max_cached=k))
     assert torch.equal(out, uniform)
-    assert (a_stats.full_steps, a_stats.cached_steps) == (u_stats.full_steps, u_stats.cached_steps)
+    assert (a_stats.full_steps, a_stats.cached_steps) == counts
+    assert (u_stats.full_steps, u_stats.cached_steps) == counts
 
 
 def test_threshold_trades_refreshes_for_speed(rig):
@@ -52,25 +76,15 @@ def test_threshold_trades_refreshes_for_speed(rig):
 
 def test_window_and_first_step_are_respected(rig):
     _, stats = run(rig, adaptive(float("inf"), max_cached=10, start=0.5))
-    # the first half runs fully; in the window nothing forces a refresh within 10 steps
-    assert (stats.full_steps, stats.cached_steps) == (STEPS // 2, STEPS // 2)
+    # start 50% of 12: steps 0-5 run fully; in the window (6-11) an infinite threshold never
+    # refreshes and 6 cached steps stay under max_cached 10: 6 full / 6 cached
+    assert (stats.full_steps, stats.cached_steps) == (6, 6)
 
 
 def test_cond_and_uncond_slots_share_the_steps_decision(rig):
     _, stats = run(rig, adaptive(0.3), split=True)
     assert stats.cached_passes == 2 * stats.cached_steps
     assert stats.full_steps + stats.cached_steps == STEPS
-
-
-def test_adaptive_params_validate_and_round_trip():
-    params = adaptive(0.25, max_cached=5)
-    text = params.to_infotext()
-    assert text.endswith("adaptive, threshold 0.25, max cached 5")
-    assert DeepCacheParams.from_infotext(text) == params
-    with pytest.raises(DeepCacheParamError, match="threshold"):
-        adaptive(-1.0)
-    with pytest.raises(DeepCacheParamError, match="max_cached"):
-        adaptive(0.2, max_cached=0)
 
 
 def replay_adaptive(skips: list[torch.Tensor], threshold: float, max_cached: int) -> list[int]:

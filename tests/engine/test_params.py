@@ -9,18 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lib_deepcache.engine.params import (
-    MAX_DEPTH,
-    DeepCacheParamError,
-    DeepCacheParams,
-    effective_depth,
-)
+from lib_deepcache.engine.params import DeepCacheParamError, DeepCacheParams
 
 
 def test_defaults_are_off_and_the_papers_interval():
     params = DeepCacheParams()
     assert (params.enabled, params.interval, params.depth) == (False, 3, 0)
     assert (params.start, params.end, params.schedule) == (0.0, 1.0, "uniform")
+    assert (params.threshold, params.max_cached) == (0.15, 4)
 
 
 def test_positional_order_is_documented_order():
@@ -60,8 +56,8 @@ def test_json_style_values_are_accepted():
         ({"interval": True}, "interval", "integer"),
         ({"interval": "three"}, "interval", "integer"),
         ({"interval": math.nan}, "interval", "integer"),
-        ({"depth": -1}, "depth", f"0 to {MAX_DEPTH}"),
-        ({"depth": 12}, "depth", f"0 to {MAX_DEPTH}"),
+        ({"depth": -1}, "depth", "0 to 11"),  # README: depth 0-11
+        ({"depth": 12}, "depth", "0 to 11"),
         ({"start": 1.5}, "start", "0 to 1"),
         ({"end": math.inf}, "end", "0 to 1"),
         ({"start": 0.6, "end": 0.5}, "start", "below end"),
@@ -87,15 +83,22 @@ def test_too_many_positional_values_are_refused():
         DeepCacheParams.from_args([True, 3, 0, 0, 1, "uniform", 0.2, 4, "extra"])
 
 
-def test_params_are_immutable():
-    with pytest.raises(AttributeError):
-        DeepCacheParams().interval = 5  # type: ignore[misc]
-
-
-def test_infotext_round_trip():
-    params = DeepCacheParams(True, 4, 2, 0.1, 0.85, "non-uniform")
-    text = params.to_infotext()
-    assert text == "interval 4, depth 2, start 10%, end 85%, non-uniform"
+@pytest.mark.parametrize(
+    ("params", "text"),
+    [
+        (
+            DeepCacheParams(True, 4, 2, 0.1, 0.85, "non-uniform"),
+            "interval 4, depth 2, start 10%, end 85%, non-uniform",
+        ),
+        (
+            DeepCacheParams(True, schedule="adaptive", threshold=0.25, max_cached=5),
+            "interval 3, depth 0, start 0%, end 100%, adaptive, threshold 0.25, max cached 5",
+        ),
+    ],
+    ids=["non-uniform", "adaptive"],
+)
+def test_infotext_round_trip(params, text):
+    assert params.to_infotext() == text
     assert DeepCacheParams.from_infotext(text) == params
     assert DeepCacheParams.from_infotext(f'"{text}"') == params
 
@@ -107,12 +110,6 @@ def test_infotext_round_trip():
 def test_bad_infotext_raises_the_param_error(text):
     with pytest.raises(DeepCacheParamError):
         DeepCacheParams.from_infotext(text)
-
-
-def test_depth_clamps_to_the_architecture():
-    assert effective_depth(11, 12) == 11
-    assert effective_depth(11, 9) == 8
-    assert effective_depth(3, 9) == 3
 
 
 json_values = st.recursive(

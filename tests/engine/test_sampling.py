@@ -3,16 +3,19 @@ errors and interrupts."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
 import torch
 
 from lib_deepcache import DeepCacheParams, DeepCacheSession
-from lib_deepcache.engine import cache, schedule
+from lib_deepcache.bench.archs import sdpa_attention
 from tests.support import (
     SAMPLERS,
     assert_same_fingerprint,
+    block_residuals,
+    controlnet_like_forward,
     make_rig,
     record_unet_calls,
     reference_pass,
@@ -21,6 +24,7 @@ from tests.support import (
 
 STEPS = 9
 PARAMS = DeepCacheParams(enabled=True, interval=3, depth=1)
+FULL = [0, 3, 6]  # interval 3 over 9 steps, by hand: 3 full / 6 cached
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +35,13 @@ def rig():
 @pytest.mark.parametrize(
     ("sampler", "use_grid", "want_full"),
     [
-        ("euler", False, [0, 3, 6]),
-        ("dpmpp_2m", False, [0, 3, 6]),
+        ("euler", False, FULL),
+        ("dpmpp_2m", False, FULL),
         # Heun's correction at sigma_1 joins step 1 as its first call; step 1's own evaluation
         # is then the first pass ever in its slot, finds nothing stored and runs fully
         ("heun", False, [0, 1, 3, 6]),
-        ("dpmpp_sde", True, [0, 3, 6]),
-        ("dpm_2", True, [0, 3, 6]),
+        ("dpmpp_sde", True, FULL),
+        ("dpm_2", True, FULL),
     ],
 )
 def test_full_steps_match_the_schedule(rig, sampler, use_grid, want_full):
@@ -53,6 +57,39 @@ def test_full_steps_match_the_schedule(rig, sampler, use_grid, want_full):
     assert stats.cached_passes > 0
     assert torch.isfinite(cached).all()
     assert not torch.equal(cached, plain)
+
+
+@pytest.mark.parametrize(
+    ("arch", "width", "sampler", "controlnet"),
+    [
+        pytest.param("sd15", 32, "dpmpp_2m", False, id="ldm-dpmpp_2m"),
+        pytest.param("sd15", 32, "heun", False, id="ldm-heun"),  # two UNet calls a step
+        # under a ControlNet-style foreign forward that adds residuals
+        pytest.param("sd15", 32, "euler", True, id="ldm-controlnet"),
+        pytest.param("sd15", None, "euler", False, id="ldm-sd15-full-size"),  # 320 channels
+        pytest.param("sdxl", 32, "euler", False, id="ldm-sdxl"),
+        pytest.param("diffusers-sd15", 32, "euler", False, id="diffusers-sd15"),
+        pytest.param("diffusers-sdxl", 32, "dpmpp_2m", False, id="diffusers-sdxl"),
+    ],
+)
+def test_interval_one_is_bit_identical_to_the_unhooked_unet(arch, width, sampler, controlnet):
+    """Interval 1 refreshes every step: the hooked UNet must give the very same samples, with
+    every step counted full and no pass served from the cache."""
+    steps = 3 if width is None else 4
+    rig = make_rig(arch, width=width, seed=5)
+    if controlnet:
+        residuals = block_residuals(rig.unet, torch.randn(2, 4, 16, 16), rig.text(2, 0), seed=6)
+        rig.unet.forward = controlnet_like_forward(residuals).__get__(rig.unet)
+    # the full-size UNet runs its attention through SDPA, as the WebUI does (ldm's einsum is slow)
+    with sdpa_attention() if width is None else contextlib.nullcontext():
+        plain, _ = rig.sample(sampler, steps, batch=1)
+        with DeepCacheSession(
+            rig.unet, DeepCacheParams(enabled=True, interval=1), steps
+        ) as session:
+            hooked, _ = rig.sample(sampler, steps, batch=1)
+    assert torch.equal(plain, hooked)
+    assert (session.stats.full_steps, session.stats.cached_steps) == (steps, 0)
+    assert session.stats.cached_passes == 0
 
 
 def test_midpoint_sampler_without_grid_warns_and_stays_safe(rig, caplog):
@@ -92,9 +129,9 @@ def assert_outputs(calls, want) -> None:
         torch.testing.assert_close(call.out, w, rtol=1e-5, atol=1e-5, msg=f"call {i}")
 
 
-def replay(unet, calls, steps_of_calls, params, total_steps, full_steps=None):
+def replay(unet, calls, steps_of_calls, params, full_steps):
     """Reference cache semantics: one feature per (slot within step, batch size). A call runs
-    fully on a step in ``full_steps`` (default: the schedule's) or when its slot holds no
+    fully on a step in ``full_steps`` (hand-written by each test) or when its slot holds no
     feature of its batch size; otherwise it reuses that feature."""
     outputs, store = [], {}
     previous_step, slot = None, 0
@@ -102,13 +139,8 @@ def replay(unet, calls, steps_of_calls, params, total_steps, full_steps=None):
         slot = slot + 1 if step == previous_step else 0
         previous_step = step
         key = (slot, call.x.shape[0])
-        full = (
-            schedule.is_full_step(params, step, total_steps)
-            if full_steps is None
-            else step in full_steps
-        )
         with torch.no_grad():
-            if full or key not in store:
+            if step in full_steps or key not in store:
                 out, store[key] = reference_pass(unet, call.x, call.t, call.context, params.depth)
             else:
                 out, _ = reference_pass(
@@ -123,7 +155,7 @@ def test_uncond_never_reads_cond_cache(rig):
     calls, session, _ = sample_recorded(rig, PARAMS, STEPS, batch=1, split=True)
     assert len(calls) == 2 * STEPS
     steps = [i // 2 for i in range(len(calls))]
-    want = replay(rig.unet, calls, steps, PARAMS, STEPS)
+    want = replay(rig.unet, calls, steps, PARAMS, FULL)
     assert_outputs(calls, want)
     # The test can tell: the uncond call of a cached step computed with the cond feature differs.
     cond_full, uncond_cached = calls[0], calls[3]
@@ -149,7 +181,7 @@ def test_batch_shrink_mid_run_refreshes_instead_of_mixing(rig):
     assert torch.isfinite(out).all()
     assert [c.x.shape[0] for c in calls] == [4] * 4 + [2] * 5
     assert session.stats.miss_passes == 1  # step 4 would be cached but has no batch-2 feature
-    want = replay(rig.unet, calls, list(range(STEPS)), PARAMS, STEPS)
+    want = replay(rig.unet, calls, list(range(STEPS)), PARAMS, FULL)
     assert_outputs(calls, want)
 
 
@@ -165,7 +197,7 @@ def test_ngms_alternating_batch_reuses_each_shapes_own_feature(rig):
     assert (session.stats.full_steps, session.stats.cached_steps) == (8, 4)
     assert session.stats.cached_passes == 4
     full = [0, 1, 3, 4, 6, 7, 9, 10]
-    want = replay(rig.unet, calls, list(range(steps)), params, steps, full_steps=full)
+    want = replay(rig.unet, calls, list(range(steps)), params, full)
     assert_outputs(calls, want)
 
 
@@ -216,9 +248,10 @@ def test_a_restart_clears_every_stored_shape(rig):
 
 
 def test_calls_past_the_slot_bound_are_never_stored(rig):
-    """A host that calls the UNet 40 times in one step: only the first MAX_SLOTS calls keep a
-    feature (memory stays bounded); the others run whole on the next cached step."""
-    unet, slots = rig.unet, cache.MAX_SLOTS + 8
+    """A host that calls the UNet 40 times in one step: only the first 32 calls (the bound)
+    keep a feature, so memory stays bounded; on the next, cached step the first 32 reuse
+    theirs and the other 8 find none and run whole."""
+    unet, slots = rig.unet, 40
     x, context = torch.randn(1, 4, 8, 8), rig.text(1, 0)
     with DeepCacheSession(unet, DeepCacheParams(enabled=True, interval=2), 2) as session:
         with torch.no_grad():
@@ -227,9 +260,9 @@ def test_calls_past_the_slot_bound_are_never_stored(rig):
                     unet(x, torch.tensor([t]), context=context)
                 if t == 999.0:
                     stored = len(session.cached_tensors)
-    assert stored == cache.MAX_SLOTS
-    assert session.stats.miss_passes == slots - cache.MAX_SLOTS
-    assert session.stats.cached_passes == cache.MAX_SLOTS
+    assert stored == 32
+    assert session.stats.miss_passes == 8
+    assert session.stats.cached_passes == 32
 
 
 def _raise_in_block(unet, after_calls, exc):

@@ -37,7 +37,11 @@ def test_disabled_installs_nothing_and_is_bit_identical(rig):
     assert session.stats.full_steps == session.stats.cached_steps == 0
 
 
-def test_exit_restores_the_very_same_forward_callables(rig):
+@pytest.mark.parametrize("arch", ["sd15", "diffusers-sd15"])
+def test_exit_restores_the_very_same_forward_callables(request, arch):
+    """The ldm UNet and the diffusers one (SD.Next's): after the session every forward, hook,
+    attribute and weight is as before."""
+    rig = request.getfixturevalue("rig") if arch == "sd15" else make_rig(arch, width=32, seed=21)
     before = unet_fingerprint(rig.unet)
     with DeepCacheSession(rig.unet, ON, 5):
         wrapped = unet_fingerprint(rig.unet)
@@ -147,6 +151,22 @@ def test_direct_forward_call_bypassing_call_runs_fully(rig):
             out = rig.unet.forward(x, t, context=context)
     assert torch.equal(plain, out)
     assert session.stats.unannounced_passes == 1
+
+
+@pytest.mark.parametrize("arch", ["sdxl", "diffusers-sdxl"])
+def test_depth_beyond_the_unet_is_clamped_to_its_deepest_branch(arch):
+    """SDXL has 9 input blocks, so branches 0-8 (SD1.x: 0-11): depth 11 runs as depth 8, sample
+    for sample; depth 7 gives another sample, so the comparison tells depths apart."""
+    rig = make_rig(arch, width=32, seed=3)
+    samples, depths = {}, {}
+    for depth in (11, 8, 7):
+        params = DeepCacheParams(enabled=True, interval=2, depth=depth)
+        with DeepCacheSession(rig.unet, params, 4) as session:
+            samples[depth], _ = rig.sample("euler", 4, batch=1)
+        depths[depth] = (session.depth, session.stats.depth)
+    assert depths == {11: (8, 8), 8: (8, 8), 7: (7, 7)}
+    assert torch.equal(samples[11], samples[8])
+    assert not torch.equal(samples[8], samples[7])
 
 
 def test_stats_report_the_flop_saving(rig):
