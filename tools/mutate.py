@@ -166,6 +166,18 @@ MUTATIONS = [
         "return self.cached_passes * self.shallow_share / passes",
         "the FLOP saving reported as the shallow share",
     ),
+    Mutation(
+        E + "forecast.py",
+        "return torch.lerp(entry.feature, previous.feature, -ratio)",
+        "return torch.lerp(entry.feature, previous.feature, ratio)",
+        "the forecast extrapolates backwards",
+    ),
+    Mutation(
+        E + "planner.py",
+        "self.cache.put(p.slot, entry, keep_previous=self.params.forecast > 0)",
+        "self.cache.put(p.slot, entry)",
+        "the forecast never gets a second feature (silently plain DeepCache)",
+    ),
     # ----------------------------------------------------------------- hosts
     Mutation(
         H + "sdnext.py",

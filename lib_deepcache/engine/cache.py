@@ -11,7 +11,7 @@ one entry per slot each shape would evict the other and every cached step would 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -41,10 +41,14 @@ class CacheEntry:
     feature: torch.Tensor
     step: int
     skipped_shapes: dict[tuple[str, int], torch.Size] = field(default_factory=dict)
+    timestep: float | None = None  # the UNet timestep of the call that stored it, if readable
+    # the slot's entry of the same key from the full step before, kept for forecasting
+    previous: CacheEntry | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.feature.numel() * self.feature.element_size()
+        own = self.feature.numel() * self.feature.element_size()
+        return own + (self.previous.nbytes if self.previous is not None else 0)
 
 
 class FeatureCache:
@@ -60,13 +64,18 @@ class FeatureCache:
             return None
         return entry
 
-    def put(self, slot: int, entry: CacheEntry) -> bool:
+    def put(self, slot: int, entry: CacheEntry, keep_previous: bool = False) -> bool:
         """Store, replacing the slot's entry of the same key and dropping the slot's oldest
-        shape past :data:`SHAPES_PER_SLOT`; False when the slot is past the bound."""
+        shape past :data:`SHAPES_PER_SLOT`; False when the slot is past the bound.
+
+        ``keep_previous``: the replaced entry, if stored at an earlier step, stays attached as
+        ``entry.previous`` (one extra feature per slot and shape, never more)."""
         if slot >= MAX_SLOTS:
             return False
         entries = self._slots.setdefault(slot, {})
-        entries.pop(entry.key, None)
+        replaced = entries.pop(entry.key, None)
+        if keep_previous and replaced is not None and replaced.step < entry.step:
+            entry.previous = replace(replaced, previous=None)
         entries[entry.key] = entry
         while len(entries) > SHAPES_PER_SLOT:
             del entries[next(iter(entries))]
@@ -80,7 +89,12 @@ class FeatureCache:
         return sum(entry.nbytes for entry in self._entries())
 
     def tensors(self) -> list[torch.Tensor]:
-        return [entry.feature for entry in self._entries()]
+        tensors = []
+        for entry in self._entries():
+            tensors.append(entry.feature)
+            if entry.previous is not None:
+                tensors.append(entry.previous.feature)
+        return tensors
 
     def _entries(self) -> list[CacheEntry]:
         return [entry for entries in self._slots.values() for entry in entries.values()]

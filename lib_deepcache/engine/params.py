@@ -69,8 +69,9 @@ def _as_int(field: str, value: Any, low: int, high: int) -> int:
     return int(number)
 
 
-def _as_fraction(field: str, value: Any) -> float:
-    allowed = "a number from 0 to 1 (fraction of the executed steps)"
+def _as_fraction(
+    field: str, value: Any, allowed: str = "a number from 0 to 1 (fraction of the executed steps)"
+) -> float:
     number = float(_as_number(field, value, allowed))
     if not (math.isfinite(number) and 0.0 <= number <= 1.0):
         raise DeepCacheParamError(field, value, allowed)
@@ -108,6 +109,9 @@ class DeepCacheParams:
     ``threshold``/``max_cached`` drive the ``adaptive`` schedule: a step is cached while the
     accumulated relative L1 change of the depth-``d`` skip feature since the last refresh stays
     below ``threshold``, and at most ``max_cached`` steps in a row.
+    ``forecast`` in [0, 1]: on a cached step, the deep feature is extrapolated from the last two
+    full steps, ``F1 + forecast * (F1 - F0) * (t - t1) / (t1 - t0)`` (first order in the UNet's
+    timestep); 0 holds the last feature as the paper does.
     """
 
     enabled: bool = False
@@ -118,6 +122,7 @@ class DeepCacheParams:
     schedule: str = "uniform"
     threshold: float = 0.15
     max_cached: int = 4
+    forecast: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -129,6 +134,11 @@ class DeepCacheParams:
         set_(self, "schedule", _as_schedule("schedule", self.schedule))
         set_(self, "threshold", _as_threshold("threshold", self.threshold))
         set_(self, "max_cached", _as_int("max_cached", self.max_cached, 1, MAX_INTERVAL))
+        set_(
+            self,
+            "forecast",
+            _as_fraction("forecast", self.forecast, "a number from 0 (hold) to 1 (first order)"),
+        )
         if self.start >= self.end:
             raise DeepCacheParamError("start", self.start, f"a fraction below end ({self.end:g})")
 
@@ -180,6 +190,8 @@ class DeepCacheParams:
         )
         if self.schedule == "adaptive":
             text += f", threshold {self.threshold:g}, max cached {self.max_cached}"
+        if self.forecast:
+            text += f", forecast {self.forecast:g}"
         return text
 
     @classmethod
@@ -196,7 +208,7 @@ class DeepCacheParams:
                 continue
             key, _, raw = part.partition(" ")
             key = key.lower()
-            if key in ("interval", "depth", "threshold"):
+            if key in ("interval", "depth", "threshold", "forecast"):
                 values[key] = raw.strip()
             elif key in ("start", "end"):
                 raw = raw.strip()
@@ -209,7 +221,9 @@ class DeepCacheParams:
             elif not raw:
                 values["schedule"] = key
             else:
-                raise DeepCacheParamError("infotext", part, "interval, depth, start, end, schedule")
+                raise DeepCacheParamError(
+                    "infotext", part, "interval, depth, start, end, schedule, forecast"
+                )
         return cls(**values)
 
 

@@ -21,6 +21,7 @@ import torch
 from . import schedule
 from .cache import CacheEntry, CacheKey, FeatureCache, key_of
 from .clock import StepClock, Tick
+from .forecast import forecast_feature
 from .params import DeepCacheParams
 from .report import DeepCacheStats
 from .shapes import OutputShapes
@@ -78,6 +79,7 @@ class StepPlanner:
         self._cached_in_a_row = 0
         self._skip_at_refresh: torch.Tensor | None = None
         self._warned_overflow = False
+        self._timestep: float | None = None  # of the current UNet call, when readable
 
     # ----------------------------------------------------------------- per UNet call
     def set_step(self, step: int) -> None:
@@ -91,6 +93,7 @@ class StepPlanner:
 
     def on_call(self, timestep: float | None) -> None:
         """A UNet call with this timestep (None: unreadable, its passes run untouched)."""
+        self._timestep = timestep
         if self._host_step is not None:
             self._on_tick(self._clock.observe_index(self._host_step))
         elif timestep is None:
@@ -212,8 +215,16 @@ class StepPlanner:
         self._count_pass(ran_full=full)
 
     def store(self, p: PassState, feature: torch.Tensor) -> None:
-        """Keep a full pass's deep feature for its slot (and the shapes of what it skipped)."""
-        self.cache.put(p.slot, CacheEntry(p.key, feature, self._step, dict(p.skipped_shapes)))
+        """Keep a full pass's deep feature for its slot (and the shapes of what it skipped);
+        with forecasting on, the slot's feature from the full step before stays too."""
+        entry = CacheEntry(p.key, feature, self._step, dict(p.skipped_shapes), self._timestep)
+        self.cache.put(p.slot, entry, keep_previous=self.params.forecast > 0)
+
+    def feature(self, p: PassState) -> torch.Tensor:
+        """The deep feature a cached pass splices in: the stored one, or its forecast."""
+        if p.entry is None:
+            raise RuntimeError("DeepCache: a cached pass without a stored feature")
+        return forecast_feature(p.entry, self._timestep, self._step, self.params.forecast)
 
     def clear(self) -> None:
         """Forget every stored feature (a restart of the pass, or the session closing)."""

@@ -244,7 +244,7 @@ class DeepCacheSession:
 
     def _splice(self, p: PassState, z: torch.Tensor) -> torch.Tensor:
         """Replace the deep half of the boundary block's input with the stored feature."""
-        feature = p.entry.feature
+        feature = self._planner.feature(p)
         skip = z[:, z.shape[1] - p.skip_channels :]
         if feature.shape[0] != skip.shape[0] or feature.shape[2:] != skip.shape[2:]:
             raise RuntimeError(

@@ -2,7 +2,7 @@
 
 The UI controls, the API's positional ``args`` and the API's single-object form all map to
 :class:`ScriptArgs`. The hires pass shares the first pass's window and schedule (with the
-adaptive schedule's threshold and max cached steps) but has its own
+adaptive schedule's threshold and max cached steps, and the forecast) but has its own
 switch, interval and depth, because its few steps on an upscaled latent tolerate different
 caching. Infotext keys and X/Y/Z overrides are defined here too, so that the host adapter only
 moves values around.
@@ -29,10 +29,11 @@ ARG_NAMES = (
     "hires_depth",
     "threshold",
     "max_cached",
+    "forecast",
 )
 HIRES_KEYS = {"hires_enabled": "enabled", "hires_interval": "interval", "hires_depth": "depth"}
 # The hires pass takes these from the first pass.
-SHARED_WITH_HIRES = ("start", "end", "schedule", "threshold", "max_cached")
+SHARED_WITH_HIRES = ("start", "end", "schedule", "threshold", "max_cached", "forecast")
 
 INFOTEXT_KEY = "DeepCache"
 INFOTEXT_HIRES_KEY = "DeepCache hires"

@@ -45,6 +45,7 @@ def build_controls(elem_id: ElemId, is_img2img: bool) -> list[Any]:
         with gr.Row():
             threshold = slider("threshold", "Adaptive threshold", 0.0, 1.0, 0.01, first.threshold)
             max_cached = slider("max_cached", "Max cached steps", 1, 10, 1, first.max_cached)
+        forecast = slider("forecast", "Forecast", 0.0, 1.0, 0.05, first.forecast)
         with gr.Group(visible=not is_img2img, elem_id=elem_id("hires_group")):
             hires_enabled = gr.Checkbox(
                 value=hires.enabled,
@@ -70,6 +71,7 @@ def build_controls(elem_id: ElemId, is_img2img: bool) -> list[Any]:
         "hires_depth": hires_depth,
         "threshold": threshold,
         "max_cached": max_cached,
+        "forecast": forecast,
     }
     return [controls[name] for name in ARG_NAMES]
 

@@ -34,6 +34,7 @@ AXES: tuple[tuple[str, type, Callable[[], list[str]] | None], ...] = (
     ("schedule", str, lambda: list(SCHEDULES)),
     ("threshold", float, None),
     ("max_cached", int, None),
+    ("forecast", float, None),
 )
 
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)"

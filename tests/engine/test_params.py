@@ -29,6 +29,7 @@ def test_positional_order_is_documented_order():
         "schedule",
         "threshold",
         "max_cached",
+        "forecast",
     )
     params = DeepCacheParams.from_args([True, 5, 2, 0.1, 0.9, "non-uniform"])
     assert params == DeepCacheParams(True, 5, 2, 0.1, 0.9, "non-uniform")
@@ -65,6 +66,8 @@ def test_json_style_values_are_accepted():
         ({"threshold": -0.5}, "threshold", ">= 0"),
         ({"threshold": math.nan}, "threshold", ">= 0"),
         ({"max_cached": 0}, "max_cached", "1 to 1000"),
+        ({"forecast": 1.5}, "forecast", "0 (hold) to 1 (first order)"),
+        ({"forecast": -0.1}, "forecast", "0 (hold) to 1 (first order)"),
         ({"enabled": "maybe"}, "enabled", "true or false"),
         ({"enabled": None}, "enabled", "null is not allowed"),
         ({"intervall": 3}, "intervall", "keys enabled, interval"),
@@ -79,8 +82,8 @@ def test_bad_values_name_the_field_value_and_range(values, field, allowed):
 
 
 def test_too_many_positional_values_are_refused():
-    with pytest.raises(DeepCacheParamError, match="at most 8 values"):
-        DeepCacheParams.from_args([True, 3, 0, 0, 1, "uniform", 0.2, 4, "extra"])
+    with pytest.raises(DeepCacheParamError, match="at most 9 values"):
+        DeepCacheParams.from_args([True, 3, 0, 0, 1, "uniform", 0.2, 4, 0.5, "extra"])
 
 
 @pytest.mark.parametrize(
@@ -94,8 +97,12 @@ def test_too_many_positional_values_are_refused():
             DeepCacheParams(True, schedule="adaptive", threshold=0.25, max_cached=5),
             "interval 3, depth 0, start 0%, end 100%, adaptive, threshold 0.25, max cached 5",
         ),
+        (
+            DeepCacheParams(True, 5, 1, forecast=0.75),
+            "interval 5, depth 1, start 0%, end 100%, uniform, forecast 0.75",
+        ),
     ],
-    ids=["non-uniform", "adaptive"],
+    ids=["non-uniform", "adaptive", "forecast"],
 )
 def test_infotext_round_trip(params, text):
     assert params.to_infotext() == text

@@ -59,6 +59,7 @@ OUT_OF_RANGE = {
     "hires_enabled": "maybe",
     "threshold": -0.1,
     "max_cached": 0,
+    "forecast": 1.5,
 }
 
 
@@ -94,8 +95,9 @@ def test_missing_values_take_defaults_and_unknown_keys_are_refused():
     assert ScriptArgs.from_args([True]).first == DeepCacheParams(enabled=True)
     with pytest.raises(DeepCacheParamError, match="speed"):
         ScriptArgs.from_args([{"enabled": True, "speed": "max"}])
-    with pytest.raises(DeepCacheParamError, match="at most 11"):
-        ScriptArgs.from_args([*ON, 0.2, 4, 1])
+    # twelve controls: ON's nine, threshold, max cached, forecast; a thirteenth value is refused
+    with pytest.raises(DeepCacheParamError, match="at most 12"):
+        ScriptArgs.from_args([*ON, 0.2, 4, 0.5, 1])
 
 
 json_values = st.recursive(

@@ -111,7 +111,7 @@ def test_webui_before_1_10_hooks_through_process_batch_and_before_hr(host, monke
 
 
 def test_infotext_round_trip_restores_every_control(host):
-    values = [True, 4, 2, 0.1, 0.9, "adaptive", True, 3, 1, 0.25, 5]
+    values = [True, 4, 2, 0.1, 0.9, "adaptive", True, 3, 1, 0.25, 5, 0.5]
     _, processed = txt2img(host, values, enable_hr=True, hr_second_pass_steps=3)
     script = host["txt2img"].alwayson_scripts[0]
     pasted = paste(script.infotext_fields, info(processed))
@@ -145,6 +145,7 @@ def test_xyz_axes_sweep_cells_without_touching_settings(host):
         "Schedule",
         "Threshold",
         "Max cached",
+        "Forecast",
     ):
         assert f"[DeepCache] {name}" in labels
     options_before = dict(vars(shared.opts))
