@@ -10,6 +10,8 @@ weights; ``--checkpoint`` loads a real one) sampled by a real k-diffusion sample
 * peak memory held by the cache, and the full/cached step counts;
 * with ``--quality``: PSNR, SSIM and relative L2 of each configuration's samples against the
   uncached samples (same seeds, same sampler) on the trained fixture, and a PNG grid.
+
+``--study equal-flops`` runs the method study instead (:mod:`.study`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ import torch
 from .harness import DIFFUSERS_PREFIX, RIG_ARCHS, SAMPLERS
 from .report import Report, parse_grid
 from .speed import run
+from .study import (
+    METHODS,
+    SAMPLER_NAMES,
+    StudyRow,
+    equal_flops_study,
+    save_curves,
+    to_json,
+    to_markdown,
+)
 
 DEFAULT_GRID = "2x0,2x1,2x2,3x0,3x1,3x2,5x0,5x1,5x2,5x0n"
 QUICK_GRID = "3x0,5x1n"
@@ -45,17 +56,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, default=None, help="WebUI .safetensors")
     parser.add_argument("--quality", action="store_true", help="fidelity on the trained fixture")
     parser.add_argument(
-        "--adaptive-study",
-        type=Path,
+        "--study",
+        choices=["equal-flops"],
         default=None,
-        metavar="FILE.md",
-        help="instead of the speed grid: adaptive against uniform/non-uniform at matched FLOP "
-        "speedups on the fixture (Euler and DPM++ 2M, N = 3 and 5, depth 0)",
+        help="instead of the speed grid: every caching method against uniform at matched FLOP "
+        "speedup on the trained fixture (see lib_deepcache/bench/study.py)",
     )
+    parser.add_argument(
+        "--samplers", default="Euler,DPM++ 2M,DPM++ SDE", help="study: comma-separated"
+    )
+    parser.add_argument("--intervals", default="3,5", help="study: uniform intervals to match")
+    parser.add_argument("--seeds", type=int, default=16, help="study: seeds per cell")
+    parser.add_argument("--seed-start", type=int, default=0, help="study: first seed")
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 configs (CI)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="write a markdown table")
-    parser.add_argument("--png", type=Path, default=Path("artifacts/bench-quality.png"))
+    parser.add_argument(
+        "--png", type=Path, default=None, help="sample grid (--quality) or curves (--study)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.checkpoint is not None and args.arch.startswith(DIFFUSERS_PREFIX):
@@ -65,28 +83,66 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.steps = 6 if args.steps == 30 else args.steps
         args.grid = args.grid or parse_grid(QUICK_GRID)
     args.grid = args.grid or parse_grid(DEFAULT_GRID)
+    if args.study:
+        args.samplers = _study_samplers(parser, args.samplers)
+        args.intervals = [int(n) for n in args.intervals.split(",")]
+        if any(n < 2 for n in args.intervals) or args.seeds < 2:
+            parser.error("--intervals must be >= 2 and --seeds >= 2 (a paired interval needs two)")
+    args.png = args.png or Path(
+        "artifacts/study-equal-flops.png" if args.study else "artifacts/bench-quality.png"
+    )
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> Report | None:
+def _study_samplers(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SAMPLER_NAMES]
+    if unknown or not names:
+        parser.error(
+            f"--samplers: {', '.join(unknown) or 'none'}; one of {', '.join(SAMPLER_NAMES)}"
+        )
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> Report | list[StudyRow]:
     args = parse_args(argv)
     torch.set_grad_enabled(False)
-    if args.adaptive_study:
-        from .study import adaptive_study
-
-        study = adaptive_study(args.steps, ["euler", "dpmpp_2m"], [3, 5])
-        print(study)
-        args.adaptive_study.parent.mkdir(parents=True, exist_ok=True)
-        args.adaptive_study.write_text(study)
-        return None
+    if args.study:
+        return _study(args)
     report = run(args)
     print(report.to_markdown())
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(report.to_json())
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report.to_markdown())
+    _write(args.json, report.to_json())
+    _write(args.markdown, report.to_markdown())
     if args.quality:
         print(f"sample grid: {args.png}")
     return report
+
+
+def _study(args: argparse.Namespace) -> list[StudyRow]:
+    from tqdm import tqdm
+
+    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    runs = len(args.samplers) * (1 + len(args.intervals) * len(METHODS))
+    with tqdm(total=runs, desc="study", unit="cell") as progress:
+
+        def tick(what: str) -> None:
+            progress.set_postfix_str(what)
+            progress.update()
+
+        rows = equal_flops_study(args.samplers, args.intervals, seeds, args.steps, tick=tick)
+    header = (
+        f"trained fixture, seeds {seeds[0]}-{seeds[-1]}, {args.steps} steps, depth 0; "
+        "Δ = method - uniform per seed, mean and 95 % CI"
+    )
+    print(to_markdown(rows, header))
+    _write(args.json, to_json(rows))
+    _write(args.markdown, to_markdown(rows, header))
+    save_curves(rows, args.png)
+    print(f"curves: {args.png}")
+    return rows
+
+
+def _write(path: Path | None, text: str) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)

@@ -1,58 +1,189 @@
-"""The adaptive schedule against the uniform and non-uniform ones at matched FLOP speedups."""
+"""The equal-FLOPs study: each caching method against uniform DeepCache at the same UNet FLOP
+speedup, on the trained fixture.
+
+Per sampler and interval N (the speedup of uniform N at the study's depth is the target): the
+uncached images of every seed are the reference; each method samples the same seeds; PSNR and
+SSIM are taken per image, and the difference to uniform is paired per seed, with its 95 %
+confidence interval (Student's t over the seeds). Methods whose FLOP speedup is set by their
+schedule (non-uniform, forecast) match uniform's by construction; the adaptive threshold is
+calibrated to it, and a row says whether it matched within 1 %.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
 
 from ..engine.params import DeepCacheParams
-from .fidelity import FixtureSampler, calibrate_threshold, compare, flop_speedup
-from .speed import QUALITY_SEEDS
+from .fidelity import FixtureSampler, calibrate_threshold, flop_speedup, per_image
+
+# The WebUI's sampler names, and the k-diffusion functions behind them (harness.SAMPLERS).
+SAMPLER_NAMES = {"Euler": "euler", "DPM++ 2M": "dpmpp_2m", "DPM++ SDE": "dpmpp_sde"}
+METHODS = ("uniform", "non-uniform", "adaptive", "forecast")
+MATCH_TOLERANCE = 0.01
 
 
-def adaptive_study(steps: int, samplers: Sequence[str], intervals: Sequence[int]) -> str:
-    """Adaptive against uniform and non-uniform at matched FLOP speedups, on the fixture.
+@dataclass
+class StudyRow:
+    method: str
+    sampler: str
+    interval: int
+    flop_speedup: float
+    matched: bool
+    full_steps: int
+    cached_steps: int
+    psnr: float
+    ssim: float
+    psnr_diff: float  # mean over seeds of (method - uniform); 0 for uniform itself
+    psnr_ci: float  # half width of its 95 % confidence interval
+    ssim_diff: float
+    ssim_ci: float
+    threshold: float | None = None
 
-    For each sampler and interval N (depth 0): the uniform and non-uniform schedules' FLOP
-    speedups and PSNRs, and the adaptive schedule with its threshold calibrated to the uniform
-    schedule's FLOP speedup. Returns a markdown table.
-    """
-    fixture_sampler = FixtureSampler()
-    share = fixture_sampler.shallow_share(0, len(QUALITY_SEEDS))
-    lines = [
-        f"trained fixture, {len(QUALITY_SEEDS)} seeds, {steps} steps, depth 0, "
-        f"shallow share f_0 = {share:.2%}",
-        "",
-        "| sampler | N | schedule | threshold | full/cached | FLOP speedup | PSNR dB | SSIM |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for sampler in samplers:
-        reference, _ = fixture_sampler.sample(QUALITY_SEEDS, steps, sampler)
+    @property
+    def wins(self) -> bool:
+        """Above uniform on both metrics, each with its whole interval above zero."""
+        return self.psnr_diff - self.psnr_ci > 0 and self.ssim_diff - self.ssim_ci > 0
+
+
+def paired_ci(diff: np.ndarray) -> tuple[float, float]:
+    """Mean of paired differences and the half width of its 95 % t interval."""
+    from scipy import stats
+
+    n = len(diff)
+    mean = float(np.mean(diff))
+    if n < 2:
+        return mean, math.inf
+    half = float(stats.t.ppf(0.975, n - 1) * np.std(diff, ddof=1) / math.sqrt(n))
+    return mean, half
+
+
+def equal_flops_study(
+    samplers: Sequence[str],
+    intervals: Sequence[int],
+    seeds: Sequence[int],
+    steps: int = 30,
+    depth: int = 0,
+    tick: Callable[[str], None] = lambda _: None,
+) -> list[StudyRow]:
+    """Every method of :data:`METHODS` per (sampler, interval); ``tick`` after each run."""
+    fixture = FixtureSampler()
+    seeds = list(seeds)
+    share = fixture.shallow_share(depth, len(seeds))
+    rows: list[StudyRow] = []
+    for name in samplers:
+        sampler = SAMPLER_NAMES[name]
+        reference, _ = fixture.sample(seeds, steps, sampler)
+        tick(f"{name} uncached")
         for interval in intervals:
-            uniform_speedup = 0.0
-            for schedule in ("uniform", "non-uniform"):
-                params = DeepCacheParams(True, interval, 0, schedule=schedule)
-                images, stats = fixture_sampler.sample(QUALITY_SEEDS, steps, sampler, params)
+            scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            target = None
+            for method in METHODS:
+                threshold = None
+                if method == "adaptive":
+                    found = calibrate_threshold(
+                        fixture, seeds, steps, sampler, target, share, depth, 2 * interval
+                    )
+                    images, stats, threshold = found.images, found.stats, found.threshold
+                else:
+                    params = _params(method, interval, depth)
+                    images, stats = fixture.sample(seeds, steps, sampler, params)
                 speedup = flop_speedup(stats, share)
-                uniform_speedup = uniform_speedup or speedup
-                quality = compare(reference, images)
-                lines.append(
-                    f"| {sampler} | {interval} | {schedule} | - | {stats.full_steps}/"
-                    f"{stats.cached_steps} | {speedup:.2f}x | {quality.psnr:.2f} | "
-                    f"{quality.ssim:.4f} |"
-                )
-            found = calibrate_threshold(
-                fixture_sampler,
-                QUALITY_SEEDS,
-                steps,
-                sampler,
-                uniform_speedup,
-                share,
-                max_cached=2 * interval,
-            )
-            quality = compare(reference, found.images)
-            lines.append(
-                f"| {sampler} | {interval} | adaptive (max cached {2 * interval}) | "
-                f"{found.threshold:.4g} | {found.stats.full_steps}/{found.stats.cached_steps} | "
-                f"{found.flop_speedup:.2f}x | {quality.psnr:.2f} | {quality.ssim:.4f} |"
-            )
+                target = target or speedup  # uniform runs first
+                scores[method] = per_image(reference, images)
+                rows.append(_row(method, name, interval, speedup, target, stats, scores, threshold))
+                tick(f"{name} N={interval} {method}")
+    return rows
+
+
+def _params(method: str, interval: int, depth: int) -> DeepCacheParams:
+    if method == "forecast":
+        return DeepCacheParams(True, interval, depth, forecast=1.0)
+    return DeepCacheParams(True, interval, depth, schedule=method)
+
+
+def _row(method, sampler, interval, speedup, target, stats, scores, threshold) -> StudyRow:
+    psnr, ssim = scores[method]
+    base_psnr, base_ssim = scores["uniform"]
+    psnr_diff, psnr_ci = paired_ci(psnr - base_psnr)
+    ssim_diff, ssim_ci = paired_ci(ssim - base_ssim)
+    return StudyRow(
+        method,
+        sampler,
+        interval,
+        speedup,
+        abs(speedup / target - 1) <= MATCH_TOLERANCE,
+        stats.full_steps,
+        stats.cached_steps,
+        float(np.mean(psnr)),
+        float(np.mean(ssim)),
+        psnr_diff,
+        psnr_ci if method != "uniform" else 0.0,
+        ssim_diff,
+        ssim_ci if method != "uniform" else 0.0,
+        threshold,
+    )
+
+
+def to_json(rows: Sequence[StudyRow]) -> str:
+    return json.dumps([{**asdict(r), "wins": r.wins} for r in rows], indent=2)
+
+
+def to_markdown(rows: Sequence[StudyRow], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| sampler | N | method | full/cached | FLOP speedup | PSNR dB"
+        " | Δ PSNR vs uniform (95 % CI) | SSIM | Δ SSIM vs uniform (95 % CI) | beats uniform |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        speed = f"{r.flop_speedup:.2f}x" + ("" if r.matched else " (not matched)")
+        if r.threshold is not None:
+            speed += f", threshold {r.threshold:.3g}"
+        if r.method == "uniform":
+            d_psnr = d_ssim = "-"
+            verdict = "-"
+        else:
+            d_psnr = f"{r.psnr_diff:+.2f} ± {r.psnr_ci:.2f}"
+            d_ssim = f"{r.ssim_diff:+.4f} ± {r.ssim_ci:.4f}"
+            verdict = "yes" if r.wins and r.matched else "no"
+        lines.append(
+            f"| {r.sampler} | {r.interval} | {r.method} | {r.full_steps}/{r.cached_steps} | "
+            f"{speed} | {r.psnr:.2f} | {d_psnr} | {r.ssim:.4f} | {d_ssim} | {verdict} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def save_curves(rows: Sequence[StudyRow], path: Path) -> None:
+    """PSNR against FLOP speedup, one panel per sampler, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    samplers = list(dict.fromkeys(r.sampler for r in rows))
+    figure, axes = plt.subplots(1, len(samplers), figsize=(4.5 * len(samplers), 3.6), squeeze=False)
+    for ax, sampler in zip(axes[0], samplers, strict=True):
+        for method in METHODS:
+            points = sorted(
+                (r.flop_speedup, r.psnr)
+                for r in rows
+                if r.sampler == sampler and r.method == method
+            )
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=method)
+        ax.set_title(sampler)
+        ax.set_xlabel("UNet FLOP speedup")
+        ax.set_ylabel("PSNR vs uncached (dB)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -81,6 +81,21 @@ def test_disabled_is_bit_identical_to_plain_and_enabled_differs(host: HostServer
     _DEFAULT_MODE_IMAGES[host.name] = on.images[0]
 
 
+def test_forecast_changes_only_what_cached_steps_splice(host: HostServer) -> None:
+    """Forecast 1: the same steps run full and cached as plain DeepCache (so the same FLOPs),
+    the infotext says so, and the image differs, since every cached step after the second
+    refresh splices an extrapolated feature; forecast 0 is plain DeepCache bit for bit."""
+    held = host.txt2img(base_payload(host, alwayson_scripts=deepcache(interval=3)))
+    zero = host.txt2img(base_payload(host, alwayson_scripts=deepcache(interval=3, forecast=0)))
+    ahead = host.txt2img(base_payload(host, alwayson_scripts=deepcache(interval=3, forecast=1)))
+
+    assert max_abs_diff(held.images[0], zero.images[0]) == 0
+    assert ahead.fields().get("DeepCache") == f"{DC_TEXT}, forecast 1", ahead.infotexts[0]
+    assert ahead.counts() == held.counts() == DC_COUNTS_12
+    assert ahead.sampler_runs == [STEPS], ahead.log[-2000:]
+    assert max_abs_diff(held.images[0], ahead.images[0]) > 0
+
+
 @pytest.mark.host_state(ui=True)
 def test_ui_mode_gives_the_same_images_as_api_mode(host: HostServer) -> None:
     """With the full UI built, the host fills the script's arguments from its UI components

@@ -1,0 +1,47 @@
+"""The equal-FLOPs study: its statistics and its command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lib_deepcache.bench import cli
+from lib_deepcache.bench.study import paired_ci
+
+
+def test_paired_interval_is_students_t():
+    """Differences 1, 2, 3, 4: mean 2.5, sample sd sqrt(5/3) = 1.29099, t(0.975, 3) = 3.18245
+    (table value), half width 3.18245 * 1.29099 / 2 = 2.0543."""
+    mean, half = paired_ci(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert mean == pytest.approx(2.5)
+    assert half == pytest.approx(2.0543, abs=1e-4)
+
+
+def test_study_command_writes_every_method_at_the_uniform_speedup(tmp_path):
+    """Euler, 6 steps, N = 3: uniform refreshes at steps 0 and 3 (2 full / 4 cached); the
+    non-uniform schedule and the forecast keep that count, so their speedup matches."""
+    out = tmp_path / "study.json"
+    cli.main(
+        [
+            "--study", "equal-flops", "--samplers", "Euler", "--intervals", "3", "--seeds", "2",
+            "--steps", "6", "--json", str(out), "--png", str(tmp_path / "curves.png"),
+        ]
+    )  # fmt: skip
+    rows = {row["method"]: row for row in json.loads(out.read_text())}
+    assert set(rows) == {"uniform", "non-uniform", "adaptive", "forecast"}
+    for row in rows.values():
+        assert {"method", "sampler", "interval", "flop_speedup", "psnr", "ssim"} <= set(row)
+        assert (row["sampler"], row["interval"]) == ("Euler", 3)
+    assert (rows["uniform"]["full_steps"], rows["uniform"]["cached_steps"]) == (2, 4)
+    assert (rows["forecast"]["full_steps"], rows["forecast"]["cached_steps"]) == (2, 4)
+    assert rows["forecast"]["matched"] and rows["non-uniform"]["matched"]
+    assert rows["uniform"]["psnr_diff"] == 0
+    assert rows["forecast"]["psnr"] != rows["uniform"]["psnr"]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_study_refuses_an_unknown_sampler():
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--study", "equal-flops", "--samplers", "Euler a"])
