@@ -52,7 +52,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--grid", type=parse_grid, default=None, help='e.g. "3x0,5x1n,3x0a0.2" (see parse_grid)'
     )
-    parser.add_argument("--repeats", type=int, default=1, help="timed repeats per setting")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed repeats per setting (--quick: at least 3)"
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="WebUI .safetensors")
     parser.add_argument("--quality", action="store_true", help="fidelity on the trained fixture")
     parser.add_argument(
@@ -82,6 +84,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.width = args.width or 32
         args.steps = 6 if args.steps == 30 else args.steps
         args.grid = args.grid or parse_grid(QUICK_GRID)
+        # one repeat of a tiny model is mostly timer noise: medians over three at least
+        args.repeats = max(args.repeats, 3)
     args.grid = args.grid or parse_grid(DEFAULT_GRID)
     if args.study:
         args.samplers = _study_samplers(parser, args.samplers)

@@ -52,6 +52,7 @@ def test_quick_bench_writes_a_consistent_report(tmp_path, capsys, argv, rows):
         assert row.cache_peak_mb > 0
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["settings"]["steps"] == 6 and len(data["rows"]) == 2
+    assert data["settings"]["repeats"] == 3  # --quick times three interleaved repeats
     assert {"flop_speedup", "limit", "measured_speedup", "efficiency", "cache_peak_mb"} <= set(
         data["rows"][0]
     )
