@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.params import DeepCacheParams
+from ..engine.report import DeepCacheStats
 from .fidelity import FixtureSampler, calibrate_threshold, flop_speedup, per_image
 
 # The WebUI's sampler names, and the k-diffusion functions behind them (harness.SAMPLERS).
@@ -107,7 +108,17 @@ def _params(method: str, interval: int, depth: int) -> DeepCacheParams:
     return DeepCacheParams(True, interval, depth, schedule=method)
 
 
-def _row(method, sampler, interval, speedup, target, stats, scores, threshold) -> StudyRow:
+def _row(
+    method: str,
+    sampler: str,
+    interval: int,
+    speedup: float,
+    target: float,
+    stats: DeepCacheStats,
+    scores: dict[str, tuple[np.ndarray, np.ndarray]],
+    threshold: float | None,
+) -> StudyRow:
+    """One method's row; its differences are paired per seed with uniform's scores."""
     psnr, ssim = scores[method]
     base_psnr, base_ssim = scores["uniform"]
     psnr_diff, psnr_ci = paired_ci(psnr - base_psnr)
