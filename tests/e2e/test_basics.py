@@ -297,7 +297,11 @@ BAD_ARGS = {
     "depth-too-deep": ([{"enabled": True, "depth": 12}], "depth"),
     "unknown-schedule": ([{"enabled": True, "schedule": "sometimes"}], "schedule"),
     "unknown-key": ([{"enabled": True, "intervall": 3}], "intervall"),
-    "too-many-positional": ([True, 3, 0, 0.0, 1.0, "uniform", True, 2, 0, 0.15, 4, 9], "args"),
+    # twelve controls (forecast last); a thirteenth value is refused as a whole
+    "too-many-positional": (
+        [True, 3, 0, 0.0, 1.0, "uniform", True, 2, 0, 0.15, 4, 0.0, 9],
+        "args",
+    ),
     "positional-bad-end": ([True, 3, 0, 0.0, 1.5], "end"),
 }
 
