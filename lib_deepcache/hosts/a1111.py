@@ -17,8 +17,6 @@ from .passes import ldm_pass_plan
 
 
 class A1111(HostAdapter):
-    name = "AUTOMATIC1111"
-
     def on_batch(self, run: GenerationRun, p: Any) -> None:
         if not webui.has_per_pass_hook():
             self._begin_pass(run, p)

@@ -17,8 +17,6 @@ from ..engine.layout import UnsupportedUNetError
 class HostAdapter:
     """One WebUI's way of running passes. Each hook is a no-op unless the host needs it."""
 
-    name = "host"
-
     def on_batch(self, run: GenerationRun, p: Any) -> None:
         """``process_batch``: the batch's model is loaded, no sampler has run yet."""
 
@@ -37,8 +35,6 @@ class HostAdapter:
 
 class Unsupported(HostAdapter):
     """A model of no WebUI this extension knows: generation runs uncached, and says why."""
-
-    name = "unknown"
 
     def __init__(self, model: Any) -> None:
         self.model_name = type(model).__name__

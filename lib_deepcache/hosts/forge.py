@@ -73,8 +73,6 @@ class Forge(HostAdapter):
     clone afterwards, and the session with it. Its refiner passes run on patchers of their own,
     so there is no model to follow mid-pass."""
 
-    name = "Forge"
-
     def on_sampling(self, run: GenerationRun, p: Any) -> None:
         forge_objects = p.sd_model.forge_objects
         patcher = forge_objects.unet

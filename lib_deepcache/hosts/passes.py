@@ -31,8 +31,9 @@ def pass_identity(p: Any, args: ScriptArgs) -> tuple[str, DeepCacheParams]:
 def ldm_pass_plan(p: Any, args: ScriptArgs) -> PassPlan:
     """Parameters, executed steps and timestep grid of the pass about to sample."""
     name, params = pass_identity(p, args)
-    if getattr(p, "is_hr_pass", False) or hasattr(p, "init_images"):  # an img2img-like pass
-        requested = (p.hr_second_pass_steps or p.steps) if getattr(p, "is_hr_pass", False) else None
+    hires = bool(getattr(p, "is_hr_pass", False))
+    if hires or hasattr(p, "init_images"):  # an img2img-like pass
+        requested = (p.hr_second_pass_steps or p.steps) if hires else None
         steps, t_enc = webui.setup_img2img_steps(p, requested)
         executed = t_enc + 1
     else:

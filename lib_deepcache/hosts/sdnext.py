@@ -22,8 +22,6 @@ from .passes import pass_identity
 
 
 class SdNext(HostAdapter):
-    name = "SD.Next"
-
     def __init__(self) -> None:
         self._watcher: PassWatcher | None = None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .api import HostApi
 from .build import HostError, build_host, tail
-from .extensions import install_tree, our_copies, place_other_extension
+from .extensions import install_tree, place_other_extension
 
 HOST_NAMES = ("a1111", "forge", "sdnext")
 DEFAULT_FOLDER = "sd-webui-deepcache"
@@ -132,9 +132,6 @@ class HostServer(HostApi):
         return self._target
 
     # ------------------------------------------------------------------ extensions
-    def our_copies(self) -> list[Path]:
-        return our_copies(self.extensions_dir)
-
     def install_extension(self, folder_name: str = DEFAULT_FOLDER) -> Path:
         """Copy the working tree in as ``folder_name`` (see :func:`install_tree`)."""
         if self.running():
