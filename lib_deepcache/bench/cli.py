@@ -68,6 +68,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--samplers", default="Euler,DPM++ 2M,DPM++ SDE", help="study: comma-separated"
     )
     parser.add_argument("--intervals", default="3,5", help="study: uniform intervals to match")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="study: comma-separated, from " + ", ".join(METHODS) + " (uniform always runs)",
+    )
     parser.add_argument("--seeds", type=int, default=16, help="study: seeds per cell")
     parser.add_argument("--seed-start", type=int, default=0, help="study: first seed")
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 configs (CI)")
@@ -89,6 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.grid = args.grid or parse_grid(DEFAULT_GRID)
     if args.study:
         args.samplers = _study_samplers(parser, args.samplers)
+        args.methods = _study_methods(parser, args.methods)
         args.intervals = [int(n) for n in args.intervals.split(",")]
         if any(n < 2 for n in args.intervals) or args.seeds < 2:
             parser.error("--intervals must be >= 2 and --seeds >= 2 (a paired interval needs two)")
@@ -106,6 +112,14 @@ def _study_samplers(parser: argparse.ArgumentParser, text: str) -> list[str]:
             f"--samplers: {', '.join(unknown) or 'none'}; one of {', '.join(SAMPLER_NAMES)}"
         )
     return names
+
+
+def _study_methods(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        parser.error(f"--methods: {', '.join(unknown)}; one of {', '.join(METHODS)}")
+    return ["uniform"] + [name for name in names if name != "uniform"]
 
 
 def main(argv: Sequence[str] | None = None) -> Report | list[StudyRow]:
@@ -126,14 +140,16 @@ def _study(args: argparse.Namespace) -> list[StudyRow]:
     from tqdm import tqdm
 
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
-    runs = len(args.samplers) * (1 + len(args.intervals) * len(METHODS))
+    runs = len(args.samplers) * (1 + len(args.intervals) * len(args.methods))
     with tqdm(total=runs, desc="study", unit="cell") as progress:
 
         def tick(what: str) -> None:
             progress.set_postfix_str(what)
             progress.update()
 
-        rows = equal_flops_study(args.samplers, args.intervals, seeds, args.steps, tick=tick)
+        rows = equal_flops_study(
+            args.samplers, args.intervals, seeds, args.steps, methods=args.methods, tick=tick
+        )
     header = (
         f"trained fixture, seeds {seeds[0]}-{seeds[-1]}, {args.steps} steps, depth 0; "
         "Δ = method - uniform per seed, mean and 95 % CI"

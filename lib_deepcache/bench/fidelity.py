@@ -7,18 +7,21 @@ same seeds and sampler for both runs, so any difference comes from caching alone
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..engine.flops import BlockFlops
 from ..engine.params import DeepCacheParams
 from ..engine.report import DeepCacheStats
 from ..engine.session import DeepCacheSession
 from . import fixture
 from .flops import count_block_flops, schedule_speedup
 from .harness import SAMPLERS, sd_alphas_cumprod
+from .stepskip import StepSkip, first_block_share
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,16 @@ class FixtureSampler:
             images = SAMPLERS[sampler](model, noise * sigmas[0], sigmas, disable=True)
         return images.clamp(-1, 1), session.stats
 
-    def shallow_share(self, depth: int, batch: int) -> float:
-        """f_b of the fixture at its sampling shape."""
+    def flops(self, batch: int) -> BlockFlops:
+        """FLOPs of one UNet call per unit, at the fixture's sampling shape."""
         size = fixture.IMAGE_SIZE
-        counted = count_block_flops(
+        return count_block_flops(
             self.unet, (batch, 3, size, size), (batch, fixture.CONTEXT_TOKENS, 32)
         )
-        return counted.shallow_share(depth)
+
+    def shallow_share(self, depth: int, batch: int) -> float:
+        """f_b of the fixture at its sampling shape."""
+        return self.flops(batch).shallow_share(depth)
 
 
 def flop_speedup(stats: DeepCacheStats, shallow_share: float) -> float:
@@ -87,7 +93,37 @@ class Calibrated:
     threshold: float
     flop_speedup: float
     images: torch.Tensor
-    stats: DeepCacheStats
+    stats: DeepCacheStats | None
+    calls: tuple[int, int] | None = None  # step skip: (full, skipped) UNet calls
+
+
+def bisect_threshold(
+    run: Callable[[float], Calibrated],
+    target_speedup: float,
+    iterations: int = 14,
+    tolerance: float = 0.005,
+) -> Calibrated:
+    """The threshold whose FLOP speedup is closest to the target, for a method that caches more
+    as its threshold grows (so its speedup grows with it).
+
+    Bisection in log space over [1e-4, 10]; stops early once within ``tolerance`` (relative).
+    """
+    low, high = 1e-4, 10.0
+    best: Calibrated | None = None
+    for _ in range(iterations):
+        candidate = run(math.sqrt(low * high))
+        if best is None or abs(candidate.flop_speedup - target_speedup) < abs(
+            best.flop_speedup - target_speedup
+        ):
+            best = candidate
+        if abs(candidate.flop_speedup / target_speedup - 1) <= tolerance:
+            break
+        if candidate.flop_speedup < target_speedup:
+            low = candidate.threshold
+        else:
+            high = candidate.threshold
+    assert best is not None
+    return best
 
 
 def calibrate_threshold(
@@ -102,31 +138,37 @@ def calibrate_threshold(
     iterations: int = 14,
     tolerance: float = 0.005,
 ) -> Calibrated:
-    """The adaptive threshold whose FLOP speedup on the fixture is closest to the target.
+    """The adaptive threshold whose FLOP speedup on the fixture is closest to the target."""
 
-    Bisection in log space: a larger threshold caches more, so the speedup grows with it. Stops
-    early once within ``tolerance`` (relative) of the target.
-    """
-    low, high = 1e-4, 10.0
-    best: Calibrated | None = None
-    for _ in range(iterations):
-        threshold = math.sqrt(low * high)
+    def run(threshold: float) -> Calibrated:
         params = DeepCacheParams(
             True, depth=depth, schedule="adaptive", threshold=threshold, max_cached=max_cached
         )
         images, stats = fixture_sampler.sample(seeds, steps, sampler, params)
-        speedup = flop_speedup(stats, shallow_share)
-        candidate = Calibrated(threshold, speedup, images, stats)
-        if best is None or abs(speedup - target_speedup) < abs(best.flop_speedup - target_speedup):
-            best = candidate
-        if abs(speedup / target_speedup - 1) <= tolerance:
-            break
-        if speedup < target_speedup:
-            low = threshold
-        else:
-            high = threshold
-    assert best is not None
-    return best
+        return Calibrated(threshold, flop_speedup(stats, shallow_share), images, stats)
+
+    return bisect_threshold(run, target_speedup, iterations, tolerance)
+
+
+def calibrate_step_skip(
+    fixture_sampler: FixtureSampler,
+    seeds: list[int],
+    steps: int,
+    sampler: str,
+    target_speedup: float,
+    iterations: int = 14,
+    tolerance: float = 0.005,
+) -> Calibrated:
+    """The step-skip threshold (:mod:`.stepskip`) closest to the target FLOP speedup."""
+    share = first_block_share(fixture_sampler.flops(len(seeds)))
+
+    def run(threshold: float) -> Calibrated:
+        with StepSkip(fixture_sampler.unet, threshold) as skip:
+            images, _ = fixture_sampler.sample(seeds, steps, sampler)
+        calls = (skip.full_calls, skip.skipped_calls)
+        return Calibrated(threshold, skip.speedup(share), images, None, calls)
+
+    return bisect_threshold(run, target_speedup, iterations, tolerance)
 
 
 def per_image(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

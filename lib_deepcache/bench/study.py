@@ -5,8 +5,9 @@ Per sampler and interval N (the speedup of uniform N at the study's depth is the
 uncached images of every seed are the reference; each method samples the same seeds; PSNR and
 SSIM are taken per image, and the difference to uniform is paired per seed, with its 95 %
 confidence interval (Student's t over the seeds). Methods whose FLOP speedup is set by their
-schedule (non-uniform, forecast) match uniform's by construction; the adaptive threshold is
-calibrated to it, and a row says whether it matched within 1 %.
+schedule (non-uniform, forecast) match uniform's by construction; the thresholds of adaptive
+and step skip are calibrated to it, and a row says whether it matched within 1 %. Step skip
+(:mod:`.stepskip`) counts UNet calls where the others count steps.
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.params import DeepCacheParams
-from ..engine.report import DeepCacheStats
-from .fidelity import FixtureSampler, calibrate_threshold, flop_speedup, per_image
+from .fidelity import (
+    Calibrated,
+    FixtureSampler,
+    calibrate_step_skip,
+    calibrate_threshold,
+    flop_speedup,
+    per_image,
+)
 
 # The WebUI's sampler names, and the k-diffusion functions behind them (harness.SAMPLERS).
 SAMPLER_NAMES = {"Euler": "euler", "DPM++ 2M": "dpmpp_2m", "DPM++ SDE": "dpmpp_sde"}
-METHODS = ("uniform", "non-uniform", "adaptive", "forecast")
+METHODS = ("uniform", "non-uniform", "adaptive", "forecast", "step-skip")
 MATCH_TOLERANCE = 0.01
 
 
@@ -70,12 +77,14 @@ def equal_flops_study(
     seeds: Sequence[int],
     steps: int = 30,
     depth: int = 0,
+    methods: Sequence[str] = METHODS,
     tick: Callable[[str], None] = lambda _: None,
 ) -> list[StudyRow]:
-    """Every method of :data:`METHODS` per (sampler, interval); ``tick`` after each run."""
+    """Uniform and each of ``methods`` per (sampler, interval); ``tick`` after each run."""
     fixture = FixtureSampler()
     seeds = list(seeds)
     share = fixture.shallow_share(depth, len(seeds))
+    methods = ["uniform"] + [m for m in methods if m != "uniform"]
     rows: list[StudyRow] = []
     for name in samplers:
         sampler = SAMPLER_NAMES[name]
@@ -83,21 +92,22 @@ def equal_flops_study(
         tick(f"{name} uncached")
         for interval in intervals:
             scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            target = None
-            for method in METHODS:
-                threshold = None
+            target = 0.0
+            for method in methods:
                 if method == "adaptive":
                     found = calibrate_threshold(
                         fixture, seeds, steps, sampler, target, share, depth, 2 * interval
                     )
-                    images, stats, threshold = found.images, found.stats, found.threshold
+                elif method == "step-skip":
+                    found = calibrate_step_skip(fixture, seeds, steps, sampler, target)
                 else:
-                    params = _params(method, interval, depth)
-                    images, stats = fixture.sample(seeds, steps, sampler, params)
-                speedup = flop_speedup(stats, share)
-                target = target or speedup  # uniform runs first
-                scores[method] = per_image(reference, images)
-                rows.append(_row(method, name, interval, speedup, target, stats, scores, threshold))
+                    images, stats = fixture.sample(
+                        seeds, steps, sampler, _params(method, interval, depth)
+                    )
+                    found = Calibrated(math.nan, flop_speedup(stats, share), images, stats)
+                target = target or found.flop_speedup  # uniform runs first
+                scores[method] = per_image(reference, found.images)
+                rows.append(_row(method, name, interval, target, found, scores))
                 tick(f"{name} N={interval} {method}")
     return rows
 
@@ -112,32 +122,34 @@ def _row(
     method: str,
     sampler: str,
     interval: int,
-    speedup: float,
     target: float,
-    stats: DeepCacheStats,
+    found: Calibrated,
     scores: dict[str, tuple[np.ndarray, np.ndarray]],
-    threshold: float | None,
 ) -> StudyRow:
     """One method's row; its differences are paired per seed with uniform's scores."""
     psnr, ssim = scores[method]
     base_psnr, base_ssim = scores["uniform"]
     psnr_diff, psnr_ci = paired_ci(psnr - base_psnr)
     ssim_diff, ssim_ci = paired_ci(ssim - base_ssim)
+    if found.stats is not None:
+        full, cached = found.stats.full_steps, found.stats.cached_steps
+    else:
+        full, cached = found.calls or (0, 0)
     return StudyRow(
         method,
         sampler,
         interval,
-        speedup,
-        abs(speedup / target - 1) <= MATCH_TOLERANCE,
-        stats.full_steps,
-        stats.cached_steps,
+        found.flop_speedup,
+        abs(found.flop_speedup / target - 1) <= MATCH_TOLERANCE,
+        full,
+        cached,
         float(np.mean(psnr)),
         float(np.mean(ssim)),
         psnr_diff,
         psnr_ci if method != "uniform" else 0.0,
         ssim_diff,
         ssim_ci if method != "uniform" else 0.0,
-        threshold,
+        None if math.isnan(found.threshold) else found.threshold,
     )
 
 

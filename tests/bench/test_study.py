@@ -30,7 +30,7 @@ def test_study_command_writes_every_method_at_the_uniform_speedup(tmp_path):
         ]
     )  # fmt: skip
     rows = {row["method"]: row for row in json.loads(out.read_text())}
-    assert set(rows) == {"uniform", "non-uniform", "adaptive", "forecast"}
+    assert set(rows) == {"uniform", "non-uniform", "adaptive", "forecast", "step-skip"}
     for row in rows.values():
         assert {"method", "sampler", "interval", "flop_speedup", "psnr", "ssim"} <= set(row)
         assert (row["sampler"], row["interval"]) == ("Euler", 3)
@@ -39,7 +39,24 @@ def test_study_command_writes_every_method_at_the_uniform_speedup(tmp_path):
     assert rows["forecast"]["matched"] and rows["non-uniform"]["matched"]
     assert rows["uniform"]["psnr_diff"] == 0
     assert rows["forecast"]["psnr"] != rows["uniform"]["psnr"]
+    # step skip counts UNet calls: Euler makes one per step
+    assert rows["step-skip"]["full_steps"] + rows["step-skip"]["cached_steps"] == 6
+    assert rows["step-skip"]["threshold"] is not None and rows["uniform"]["threshold"] is None
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_study_runs_uniform_and_the_methods_asked_for(tmp_path):
+    out = tmp_path / "study.json"
+    cli.main(
+        [
+            "--study", "equal-flops", "--samplers", "Euler", "--intervals", "3", "--seeds", "2",
+            "--steps", "6", "--methods", "forecast", "--json", str(out),
+            "--png", str(tmp_path / "curves.png"),
+        ]
+    )  # fmt: skip
+    assert [row["method"] for row in json.loads(out.read_text())] == ["uniform", "forecast"]
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--study", "equal-flops", "--methods", "tgate"])
 
 
 def test_study_refuses_an_unknown_sampler():
