@@ -17,11 +17,15 @@ weights; ``--checkpoint`` loads a real one) sampled by a real k-diffusion sample
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from . import fewsteps
+from .fewsteps import FewStepsRow
 from .harness import DIFFUSERS_PREFIX, RIG_ARCHS, SAMPLERS
 from .report import Report, parse_grid
 from .speed import run
@@ -59,10 +63,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quality", action="store_true", help="fidelity on the trained fixture")
     parser.add_argument(
         "--study",
-        choices=["equal-flops"],
+        choices=["equal-flops", "few-steps"],
         default=None,
         help="instead of the speed grid: every caching method against uniform at matched FLOP "
-        "speedup on the trained fixture (see lib_deepcache/bench/study.py)",
+        "speedup (equal-flops, see lib_deepcache/bench/study.py), or caching against fewer "
+        "steps at the same cost (few-steps, see fewsteps.py), on the trained fixture",
     )
     parser.add_argument(
         "--samplers", default="Euler,DPM++ 2M,DPM++ SDE", help="study: comma-separated"
@@ -72,6 +77,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--methods",
         default=",".join(METHODS),
         help="study: comma-separated, from " + ", ".join(METHODS) + " (uniform always runs)",
+    )
+    parser.add_argument(
+        "--step-counts",
+        default="2,3,4,5,6,8,10,12,15,20,30",
+        help="few-steps study: the requested step counts (at the first of --intervals)",
     )
     parser.add_argument("--seeds", type=int, default=16, help="study: seeds per cell")
     parser.add_argument("--seed-start", type=int, default=0, help="study: first seed")
@@ -96,6 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.samplers = _study_samplers(parser, args.samplers)
         args.methods = _study_methods(parser, args.methods)
         args.intervals = [int(n) for n in args.intervals.split(",")]
+        args.step_counts = [int(n) for n in args.step_counts.split(",")]
         if any(n < 2 for n in args.intervals) or args.seeds < 2:
             parser.error("--intervals must be >= 2 and --seeds >= 2 (a paired interval needs two)")
     args.png = args.png or Path(
@@ -122,9 +133,11 @@ def _study_methods(parser: argparse.ArgumentParser, text: str) -> list[str]:
     return ["uniform"] + [name for name in names if name != "uniform"]
 
 
-def main(argv: Sequence[str] | None = None) -> Report | list[StudyRow]:
+def main(argv: Sequence[str] | None = None) -> Report | list[StudyRow] | list[FewStepsRow]:
     args = parse_args(argv)
     torch.set_grad_enabled(False)
+    if args.study == "few-steps":
+        return _few_steps(args)
     if args.study:
         return _study(args)
     report = run(args)
@@ -159,6 +172,29 @@ def _study(args: argparse.Namespace) -> list[StudyRow]:
     _write(args.markdown, to_markdown(rows, header))
     save_curves(rows, args.png)
     print(f"curves: {args.png}")
+    return rows
+
+
+def _few_steps(args: argparse.Namespace) -> list[FewStepsRow]:
+    from tqdm import tqdm
+
+    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    interval = args.intervals[0]
+    runs = len(args.samplers) * len(args.step_counts) * len(fewsteps.MODES)
+    with tqdm(total=runs, desc="few steps", unit="run") as progress:
+
+        def tick(what: str) -> None:
+            progress.set_postfix_str(what)
+            progress.update()
+
+        rows = fewsteps.few_steps_study(args.samplers, args.step_counts, seeds, interval, tick=tick)
+    header = (
+        f"trained fixture, seeds {seeds[0]}-{seeds[-1]}, interval {interval}, depth 0; PSNR "
+        "against the uncached K-step image; Δ = caching - fewer steps, mean and 95 % CI"
+    )
+    print(fewsteps.to_markdown(rows, header))
+    _write(args.json, json.dumps([asdict(row) for row in rows], indent=2))
+    _write(args.markdown, fewsteps.to_markdown(rows, header))
     return rows
 
 

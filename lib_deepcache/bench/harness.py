@@ -26,6 +26,7 @@ RIG_ARCHS = sorted(PREDICTION) + [DIFFUSERS_PREFIX + name for name in DIFFUSERS_
 
 SAMPLERS: dict[str, Callable] = {
     "euler": k_diffusion.sampling.sample_euler,
+    "euler_ancestral": k_diffusion.sampling.sample_euler_ancestral,
     "dpmpp_2m": k_diffusion.sampling.sample_dpmpp_2m,
     "heun": k_diffusion.sampling.sample_heun,
     "dpmpp_sde": k_diffusion.sampling.sample_dpmpp_sde,

@@ -31,7 +31,12 @@ from .fidelity import (
 )
 
 # The WebUI's sampler names, and the k-diffusion functions behind them (harness.SAMPLERS).
-SAMPLER_NAMES = {"Euler": "euler", "DPM++ 2M": "dpmpp_2m", "DPM++ SDE": "dpmpp_sde"}
+SAMPLER_NAMES = {
+    "Euler": "euler",
+    "Euler a": "euler_ancestral",
+    "DPM++ 2M": "dpmpp_2m",
+    "DPM++ SDE": "dpmpp_sde",
+}
 METHODS = ("uniform", "non-uniform", "adaptive", "forecast", "step-skip")
 MATCH_TOLERANCE = 0.01
 

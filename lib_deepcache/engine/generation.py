@@ -26,18 +26,24 @@ logger = logging.getLogger("deepcache")
 
 @dataclass(frozen=True)
 class PassPlan:
-    """What a pass needs: its parameters, its executed step count and timestep grid."""
+    """What a pass needs: its parameters, its executed step count and timestep grid, and the
+    step count the user asked for (``requested_steps``; an img2img pass executes only part of
+    it). ``min_steps`` compares the requested count: it tells a few-step model's run from a
+    long schedule that img2img's denoising strength cuts short, and the same settings give
+    the same decision whatever the strength."""
 
     name: str
     params: DeepCacheParams
     total_steps: int
     timestep_grid: Sequence[float] | None = None
+    requested_steps: int | None = None  # None: the executed count
 
 
 @dataclass
 class PassRecord:
     name: str
     stats: list[DeepCacheStats]
+    off: str | None = None  # why the pass ran uncached although DeepCache was on
 
     @property
     def full_steps(self) -> int:
@@ -84,6 +90,12 @@ class GenerationRun:
             self.passes.pop()
         if not plan.params.enabled:
             return None
+        requested = plan.requested_steps or plan.total_steps
+        if requested < plan.params.min_steps:
+            reason = f"{requested} steps < {plan.params.min_steps}"
+            logger.info("DeepCache: %s off (%s)", plan.name, reason)
+            self.passes.append(PassRecord(plan.name, [], off=reason))
+            return None
         self.passes.append(PassRecord(plan.name, []))
         return self._open(unet, plan, attach)
 
@@ -109,10 +121,14 @@ class GenerationRun:
         self._plan = None
 
     def counts_infotext(self) -> str:
-        """``7 full / 13 cached``; with two passes ``first pass ...; hires ...``."""
+        """``7 full / 13 cached``; with two passes ``first pass ...; hires ...``; a pass too
+        short to cache (``min_steps``) reads ``off (6 steps < 10)``."""
         parts = []
         for record in self.passes:
-            text = f"{record.full_steps} full / {record.cached_steps} cached"
+            if record.off is not None:
+                text = f"off ({record.off})"
+            else:
+                text = f"{record.full_steps} full / {record.cached_steps} cached"
             parts.append(text if len(self.passes) == 1 else f"{record.name} {text}")
         return "; ".join(parts)
 

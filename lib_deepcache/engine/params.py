@@ -20,6 +20,10 @@ MAX_INTERVAL = 1000
 # The deepest skip branch of any supported UNet (SD1.x/2.x: 12 input blocks, branches 0..11).
 # SDXL has 9 input blocks; the session clamps to the UNet it hooks (see ``effective_depth``).
 MAX_DEPTH = 11
+# Passes shorter than this run uncached by default (docs/quality.md "Few steps").
+DEFAULT_MIN_STEPS = 0
+MAX_MIN_STEPS = 1000
+_TWO_WORD_KEYS = {"max cached": "max_cached", "min steps": "min_steps"}
 
 _TRUE_WORDS = {"true", "yes", "on", "1", "enabled"}
 _FALSE_WORDS = {"false", "no", "off", "0", "disabled"}
@@ -112,6 +116,8 @@ class DeepCacheParams:
     ``forecast`` in [0, 1]: on a cached step, the deep feature is extrapolated from the last two
     full steps, ``F1 + forecast * (F1 - F0) * (t - t1) / (t1 - t0)`` (first order in the UNet's
     timestep); 0 holds the last feature as the paper does.
+    ``min_steps``: a pass that executes fewer steps than this runs uncached, and the report
+    says so (0 = never off); see docs/quality.md "Few steps" for the measurement behind it.
     """
 
     enabled: bool = False
@@ -123,6 +129,7 @@ class DeepCacheParams:
     threshold: float = 0.15
     max_cached: int = 4
     forecast: float = 0.0
+    min_steps: int = DEFAULT_MIN_STEPS
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -139,6 +146,7 @@ class DeepCacheParams:
             "forecast",
             _as_fraction("forecast", self.forecast, "a number from 0 (hold) to 1 (first order)"),
         )
+        set_(self, "min_steps", _as_int("min_steps", self.min_steps, 0, MAX_MIN_STEPS))
         if self.start >= self.end:
             raise DeepCacheParamError("start", self.start, f"a fraction below end ({self.end:g})")
 
@@ -192,6 +200,8 @@ class DeepCacheParams:
             text += f", threshold {self.threshold:g}, max cached {self.max_cached}"
         if self.forecast:
             text += f", forecast {self.forecast:g}"
+        if self.min_steps:
+            text += f", min steps {self.min_steps}"
         return text
 
     @classmethod
@@ -199,12 +209,15 @@ class DeepCacheParams:
         """Parse :meth:`to_infotext` output; enabled, since infotext is only written then."""
         if not isinstance(text, str):
             raise DeepCacheParamError("infotext", text, "a text like 'interval 3, depth 0, ...'")
-        values: dict[str, Any] = {"enabled": True}
+        # an infotext without "min steps" was made with the switch off (or before it existed)
+        values: dict[str, Any] = {"enabled": True, "min_steps": 0}
         for part in (p.strip() for p in text.strip().strip('"').split(",")):
             if not part:
                 continue
-            if part.lower().startswith("max cached "):
-                values["max_cached"] = part[len("max cached ") :].strip()
+            lowered = part.lower()
+            two_words = next((k for k in _TWO_WORD_KEYS if lowered.startswith(k + " ")), None)
+            if two_words is not None:
+                values[_TWO_WORD_KEYS[two_words]] = part[len(two_words) :].strip()
                 continue
             key, _, raw = part.partition(" ")
             key = key.lower()
@@ -222,7 +235,7 @@ class DeepCacheParams:
                 values["schedule"] = key
             else:
                 raise DeepCacheParamError(
-                    "infotext", part, "interval, depth, start, end, schedule, forecast"
+                    "infotext", part, "interval, depth, start, end, schedule, forecast, min steps"
                 )
         return cls(**values)
 

@@ -28,6 +28,13 @@ def pass_identity(p: Any, args: ScriptArgs) -> tuple[str, DeepCacheParams]:
     return "first pass", args.first
 
 
+def requested_steps(p: Any) -> int:
+    """The step count the user set for the pass about to sample (hires: its own, if set)."""
+    if getattr(p, "is_hr_pass", False):
+        return int(p.hr_second_pass_steps or p.steps)
+    return int(p.steps)
+
+
 def ldm_pass_plan(p: Any, args: ScriptArgs) -> PassPlan:
     """Parameters, executed steps and timestep grid of the pass about to sample."""
     name, params = pass_identity(p, args)
@@ -38,10 +45,11 @@ def ldm_pass_plan(p: Any, args: ScriptArgs) -> PassPlan:
         executed = t_enc + 1
     else:
         steps, t_enc, executed = p.steps, None, p.steps
+    asked = requested_steps(p)
     timesteps_plan = _timesteps_sampler_plan(p, steps, t_enc)
     if timesteps_plan is not None:
-        return PassPlan(name, params, max(1, len(timesteps_plan)), timesteps_plan)
-    return PassPlan(name, params, max(1, executed), _timestep_grid(p, steps, t_enc))
+        return PassPlan(name, params, max(1, len(timesteps_plan)), timesteps_plan, asked)
+    return PassPlan(name, params, max(1, executed), _timestep_grid(p, steps, t_enc), asked)
 
 
 def _timesteps_sampler_plan(p: Any, steps: int, t_enc: int | None) -> list[float] | None:

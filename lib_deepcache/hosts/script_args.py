@@ -2,7 +2,8 @@
 
 The UI controls, the API's positional ``args`` and the API's single-object form all map to
 :class:`ScriptArgs`. The hires pass shares the first pass's window and schedule (with the
-adaptive schedule's threshold and max cached steps, and the forecast) but has its own
+adaptive schedule's threshold and max cached steps, the forecast and the few-step switch-off)
+but has its own
 switch, interval and depth, because its few steps on an upscaled latent tolerate different
 caching. Infotext keys and X/Y/Z overrides are defined here too, so that the host adapter only
 moves values around.
@@ -30,10 +31,13 @@ ARG_NAMES = (
     "threshold",
     "max_cached",
     "forecast",
+    "min_steps",
 )
 HIRES_KEYS = {"hires_enabled": "enabled", "hires_interval": "interval", "hires_depth": "depth"}
 # The hires pass takes these from the first pass.
-SHARED_WITH_HIRES = ("start", "end", "schedule", "threshold", "max_cached", "forecast")
+SHARED_WITH_HIRES = (
+    "start", "end", "schedule", "threshold", "max_cached", "forecast", "min_steps",
+)  # fmt: skip
 
 INFOTEXT_KEY = "DeepCache"
 INFOTEXT_HIRES_KEY = "DeepCache hires"

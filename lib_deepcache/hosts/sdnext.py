@@ -18,7 +18,7 @@ from ..engine.unets import layout_of
 from ..engine.watcher import PassWatcher
 from . import webui
 from .base import HostAdapter
-from .passes import pass_identity
+from .passes import pass_identity, requested_steps
 
 
 class SdNext(HostAdapter):
@@ -43,7 +43,7 @@ def plan_for_pass(p: Any, first_timestep: float) -> PassPlan | None:
         return None
     name, params = pass_identity(p, p.deepcache_args)
     steps, grid = scheduler_steps(webui.sd_model().scheduler, first_timestep)
-    return PassPlan(name, params, steps, grid)
+    return PassPlan(name, params, steps, grid, requested_steps(p))
 
 
 def scheduler_steps(scheduler: Any, first_timestep: float) -> tuple[int, list[float]]:

@@ -45,7 +45,9 @@ def build_controls(elem_id: ElemId, is_img2img: bool) -> list[Any]:
         with gr.Row():
             threshold = slider("threshold", "Adaptive threshold", 0.0, 1.0, 0.01, first.threshold)
             max_cached = slider("max_cached", "Max cached steps", 1, 10, 1, first.max_cached)
-        forecast = slider("forecast", "Forecast", 0.0, 1.0, 0.05, first.forecast)
+        with gr.Row():
+            forecast = slider("forecast", "Forecast", 0.0, 1.0, 0.05, first.forecast)
+            min_steps = slider("min_steps", "Off below steps", 0, 50, 1, first.min_steps)
         with gr.Group(visible=not is_img2img, elem_id=elem_id("hires_group")):
             hires_enabled = gr.Checkbox(
                 value=hires.enabled,
@@ -72,6 +74,7 @@ def build_controls(elem_id: ElemId, is_img2img: bool) -> list[Any]:
         "threshold": threshold,
         "max_cached": max_cached,
         "forecast": forecast,
+        "min_steps": min_steps,
     }
     return [controls[name] for name in ARG_NAMES]
 

@@ -35,6 +35,7 @@ AXES: tuple[tuple[str, type, Callable[[], list[str]] | None], ...] = (
     ("threshold", float, None),
     ("max_cached", int, None),
     ("forecast", float, None),
+    ("min_steps", int, None),
 )
 
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)"

@@ -61,4 +61,4 @@ def test_study_runs_uniform_and_the_methods_asked_for(tmp_path):
 
 def test_study_refuses_an_unknown_sampler():
     with pytest.raises(SystemExit):
-        cli.parse_args(["--study", "equal-flops", "--samplers", "Euler a"])
+        cli.parse_args(["--study", "equal-flops", "--samplers", "UniPC"])

@@ -68,21 +68,25 @@ _COUNTS = re.compile(r"^\s*(\d+)\s+full\s*/\s*(\d+)\s+cached\s*$")
 
 
 def parse_counts(text: str) -> Any:
-    """``"4 full / 8 cached"`` -> ``(4, 8)``; two passes -> ``{"first pass": (4, 8), ...}``."""
+    """``"4 full / 8 cached"`` -> ``(4, 8)``; two passes -> ``{"first pass": (4, 8), ...}``;
+    a pass switched off by ``min_steps`` keeps its text: ``{"hires": "off (4 steps < 5)"}``."""
     text = unquote(text)
     if ";" not in text and not re.match(r"^\s*[a-z]", text):
         match = _COUNTS.match(text)
         if match is None:
             raise ValueError(f"not a DeepCache step count: {text!r}")
         return int(match[1]), int(match[2])
-    passes: dict[str, tuple[int, int]] = {}
+    passes: dict[str, Any] = {}
     for part in text.split(";"):
-        match = re.match(r"^\s*([a-z][a-z ]*?)\s+(\d+\s+full\s*/\s*\d+\s+cached)\s*$", part)
+        match = re.match(
+            r"^\s*([a-z][a-z ]*?)\s+(\d+\s+full\s*/\s*\d+\s+cached|off \(\d+ steps < \d+\))\s*$",
+            part,
+        )
         if match is None:
             raise ValueError(f"not a DeepCache pass count: {part!r} in {text!r}")
         if match[1] in passes:  # e.g. a pass begun twice (Forge calls its hook twice)
             raise ValueError(f"pass {match[1]!r} counted twice in {text!r}")
-        passes[match[1]] = parse_counts(match[2])
+        passes[match[1]] = match[2] if match[2].startswith("off") else parse_counts(match[2])
     return passes
 
 

@@ -96,6 +96,24 @@ def test_forecast_changes_only_what_cached_steps_splice(host: HostServer) -> Non
     assert max_abs_diff(held.images[0], ahead.images[0]) > 0
 
 
+def test_min_steps_turns_a_shorter_pass_off_and_says_so(host: HostServer) -> None:
+    """min_steps 13 on a 12-step request: uncached, the plain image bit for bit, and the
+    infotext says why; with hires fix (4 hires steps) and min_steps 5 only the hires pass is off.
+    """
+    plain = host.txt2img(base_payload(host))
+    off = host.txt2img(base_payload(host, alwayson_scripts=deepcache(interval=3, min_steps=13)))
+    assert max_abs_diff(plain.images[0], off.images[0]) == 0
+    fields = off.fields()
+    assert fields.get("DeepCache") == f"{DC_TEXT}, min steps 13", off.infotexts[0]
+    assert fields.get("DeepCache steps") == "off (12 steps < 13)", off.infotexts[0]
+
+    hires = host.txt2img(
+        base_payload(host, **hires_fix(host), alwayson_scripts=deepcache(interval=3, min_steps=5))
+    )
+    assert hires.counts() == {"first pass": DC_COUNTS_12, "hires": "off (4 steps < 5)"}
+    assert hires.sampler_runs[0] == STEPS and len(hires.sampler_runs) == 2, hires.log[-3000:]
+
+
 @pytest.mark.host_state(ui=True)
 def test_ui_mode_gives_the_same_images_as_api_mode(host: HostServer) -> None:
     """With the full UI built, the host fills the script's arguments from its UI components
@@ -209,7 +227,8 @@ def test_inpainting_caches_and_keeps_the_unmasked_half(host: HostServer) -> None
         assert max_abs_diff(on.images[0][:, 40:], init[:, 40:]) == 0
 
 
-def test_hires_fix_counts_both_passes(host: HostServer) -> None:
+def hires_fix(host: HostServer) -> dict[str, Any]:
+    """Hires fix at 2x with a latent upscaler and 4 hires steps, in the host's terms."""
     hires: dict[str, Any] = {
         "enable_hr": True,
         "hr_scale": 2,
@@ -221,6 +240,11 @@ def test_hires_fix_counts_both_passes(host: HostServer) -> None:
         # SD.Next resizes only with a resize mode set, and names its latent upscalers
         # "Latent Nearest", ... (plain "Latent" falls back to no upscale, 64x64).
         hires.update(hr_resize_mode=1, hr_upscaler="Latent Nearest")
+    return hires
+
+
+def test_hires_fix_counts_both_passes(host: HostServer) -> None:
+    hires = hires_fix(host)
     plain = host.txt2img(base_payload(host, **hires))
     on = host.txt2img(base_payload(host, **hires, alwayson_scripts=deepcache(interval=3)))
 

@@ -46,6 +46,40 @@ def test_disabled_pass_installs_nothing():
     assert run.counts_infotext() == ""
 
 
+def test_a_pass_shorter_than_min_steps_runs_uncached_and_says_so():
+    """min_steps 4: the 4-step first pass is cached (4 is not below 4), the 3-step hires pass
+    runs on the untouched UNet and is reported off."""
+    unet = build_unet("sd15", width=32)
+    before = unet_fingerprint(unet)
+    params = DeepCacheParams(enabled=True, interval=2, min_steps=4)
+    run = GenerationRun()
+    run.begin_pass(unet, PassPlan("first pass", params, 4))
+    for t in (999, 750, 500, 250):
+        call(unet, t)
+    assert run.begin_pass(unet, PassPlan("hires", params, 3)) is None
+    assert run.session is None
+    assert_same_fingerprint(before, unet_fingerprint(unet))
+    for t in (500, 250, 100):
+        call(unet, t, size=24)
+    run.close()
+    assert run.counts_infotext() == "first pass 2 full / 2 cached; hires off (3 steps < 4)"
+    alone = GenerationRun()
+    alone.begin_pass(unet, PassPlan("first pass", params, 3))
+    alone.close()
+    assert alone.counts_infotext() == "off (3 steps < 4)"
+
+
+def test_min_steps_compares_the_requested_steps_not_the_executed_ones():
+    """img2img at strength 0.25 executes 3 of 12 requested steps: still cached (12 >= 4); a
+    requested 3 with all 3 executed is off."""
+    unet = build_unet("sd15", width=32)
+    params = DeepCacheParams(enabled=True, interval=2, min_steps=4)
+    run = GenerationRun()
+    assert run.begin_pass(unet, PassPlan("first pass", params, 3, None, 12)) is not None
+    run.close()
+    assert run.begin_pass(unet, PassPlan("first pass", params, 3, None, 3)) is None
+
+
 def test_model_swap_moves_the_hooks_and_restores_the_old_unet():
     base, refiner = build_unet("sd15", width=32, seed=1), build_unet("sd15", width=32, seed=2)
     before = unet_fingerprint(base)

@@ -30,6 +30,7 @@ def test_positional_order_is_documented_order():
         "threshold",
         "max_cached",
         "forecast",
+        "min_steps",
     )
     params = DeepCacheParams.from_args([True, 5, 2, 0.1, 0.9, "non-uniform"])
     assert params == DeepCacheParams(True, 5, 2, 0.1, 0.9, "non-uniform")
@@ -68,6 +69,9 @@ def test_json_style_values_are_accepted():
         ({"max_cached": 0}, "max_cached", "1 to 1000"),
         ({"forecast": 1.5}, "forecast", "0 (hold) to 1 (first order)"),
         ({"forecast": -0.1}, "forecast", "0 (hold) to 1 (first order)"),
+        ({"min_steps": -1}, "min_steps", "0 to 1000"),
+        ({"min_steps": 1001}, "min_steps", "0 to 1000"),
+        ({"min_steps": 2.5}, "min_steps", "integer"),
         ({"enabled": "maybe"}, "enabled", "true or false"),
         ({"enabled": None}, "enabled", "null is not allowed"),
         ({"intervall": 3}, "intervall", "keys enabled, interval"),
@@ -82,27 +86,31 @@ def test_bad_values_name_the_field_value_and_range(values, field, allowed):
 
 
 def test_too_many_positional_values_are_refused():
-    with pytest.raises(DeepCacheParamError, match="at most 9 values"):
-        DeepCacheParams.from_args([True, 3, 0, 0, 1, "uniform", 0.2, 4, 0.5, "extra"])
+    with pytest.raises(DeepCacheParamError, match="at most 10 values"):
+        DeepCacheParams.from_args([True, 3, 0, 0, 1, "uniform", 0.2, 4, 0.5, 10, "extra"])
 
 
 @pytest.mark.parametrize(
     ("params", "text"),
     [
         (
-            DeepCacheParams(True, 4, 2, 0.1, 0.85, "non-uniform"),
+            DeepCacheParams(True, 4, 2, 0.1, 0.85, "non-uniform", min_steps=0),
             "interval 4, depth 2, start 10%, end 85%, non-uniform",
         ),
         (
-            DeepCacheParams(True, schedule="adaptive", threshold=0.25, max_cached=5),
+            DeepCacheParams(True, schedule="adaptive", threshold=0.25, max_cached=5, min_steps=0),
             "interval 3, depth 0, start 0%, end 100%, adaptive, threshold 0.25, max cached 5",
         ),
         (
-            DeepCacheParams(True, 5, 1, forecast=0.75),
+            DeepCacheParams(True, 5, 1, forecast=0.75, min_steps=0),
             "interval 5, depth 1, start 0%, end 100%, uniform, forecast 0.75",
         ),
+        (
+            DeepCacheParams(True, 3, 0, min_steps=10),
+            "interval 3, depth 0, start 0%, end 100%, uniform, min steps 10",
+        ),
     ],
-    ids=["non-uniform", "adaptive", "forecast"],
+    ids=["non-uniform", "adaptive", "forecast", "min-steps"],
 )
 def test_infotext_round_trip(params, text):
     assert params.to_infotext() == text

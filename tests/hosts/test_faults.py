@@ -60,6 +60,7 @@ OUT_OF_RANGE = {
     "threshold": -0.1,
     "max_cached": 0,
     "forecast": 1.5,
+    "min_steps": 1001,
 }
 
 
@@ -95,9 +96,9 @@ def test_missing_values_take_defaults_and_unknown_keys_are_refused():
     assert ScriptArgs.from_args([True]).first == DeepCacheParams(enabled=True)
     with pytest.raises(DeepCacheParamError, match="speed"):
         ScriptArgs.from_args([{"enabled": True, "speed": "max"}])
-    # twelve controls: ON's nine, threshold, max cached, forecast; a thirteenth value is refused
-    with pytest.raises(DeepCacheParamError, match="at most 12"):
-        ScriptArgs.from_args([*ON, 0.2, 4, 0.5, 1])
+    # thirteen controls: ON's nine, threshold, max cached, forecast, min steps; a 14th is refused
+    with pytest.raises(DeepCacheParamError, match="at most 13"):
+        ScriptArgs.from_args([*ON, 0.2, 4, 0.5, 10, 1])
 
 
 json_values = st.recursive(

@@ -16,7 +16,7 @@ def test_defaults_are_off_with_a_gentler_hires_pass():
 
 
 def test_positional_and_named_forms_agree():
-    values = [True, 4, 1, 0.1, 0.9, "non-uniform", False, 3, 2, 0.3, 5, 0.75]
+    values = [True, 4, 1, 0.1, 0.9, "non-uniform", False, 3, 2, 0.3, 5, 0.75, 8]
     positional = ScriptArgs.from_args(values)
     named = ScriptArgs.from_args([dict(zip(ARG_NAMES, values, strict=True)), "ignored", 7])
     nested = ScriptArgs.from_args(
@@ -27,6 +27,7 @@ def test_positional_and_named_forms_agree():
                 "threshold": 0.3,
                 "max_cached": 5,
                 "forecast": 0.75,
+                "min_steps": 8,
             }
         ]
     )
@@ -48,7 +49,7 @@ def test_hires_pass_shares_window_and_schedule():
         ([{"hires": {"depth": 20}}], "hires_depth"),
         ([{"hires": {"speed": 1}}], "hires.speed"),
         ([{"hires": 5}], "hires"),
-        (list(range(13)), "args"),
+        (list(range(14)), "args"),
     ],
 )
 def test_errors_name_the_field(args, field):
