@@ -1,6 +1,7 @@
-"""Train the fidelity fixture (lib_deepcache/bench/fixtures/photo_unet_32px.safetensors) on the CPU.
+"""Train a fidelity fixture (lib_deepcache/bench/fixtures/photo_unet_*32px.safetensors) on the CPU.
 
-    .venv/bin/python tools/train_fixture.py [--iterations N] [--threads T] [--out FILE]
+    .venv/bin/python tools/train_fixture.py [--layout sd15|sdxl] [--iterations N] [--threads T]
+        [--out FILE]
 
 Data: random 32x32 crops of the colour and grey photographs in ``skimage.data`` (shipped inside
 scikit-image, nothing downloaded), each image first shrunk by a random factor so that crops hold
@@ -73,11 +74,11 @@ def crops(images: list[torch.Tensor], batch: int, generator: torch.Generator) ->
     return out
 
 
-def train(iterations: int, batch: int, lr: float, out: Path) -> None:
+def train(iterations: int, batch: int, lr: float, out: Path, layout: str = "sd15") -> None:
     torch.manual_seed(SEED)
     generator = torch.Generator().manual_seed(SEED)
     images = photo_pyramid()
-    unet = fixture.build().train()
+    unet = fixture.build(layout).train()
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     alphas = sd_alphas_cumprod()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
@@ -127,11 +128,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=fixture.WEIGHTS)
+    parser.add_argument("--layout", choices=sorted(fixture.LAYOUTS), default="sd15")
+    parser.add_argument("--out", type=Path, default=None, help="default: the layout's fixture")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    train(args.iterations, args.batch, args.lr, args.out)
+    out = args.out or fixture.LAYOUTS[args.layout][1]
+    train(args.iterations, args.batch, args.lr, out, args.layout)
 
 
 if __name__ == "__main__":

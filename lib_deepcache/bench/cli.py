@@ -21,10 +21,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from . import fewsteps
+from . import defaults, fewsteps
+from .defaults import DefaultsRow
 from .fewsteps import FewStepsRow
 from .harness import DIFFUSERS_PREFIX, RIG_ARCHS, SAMPLERS
 from .report import Report, parse_grid
@@ -61,30 +63,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--checkpoint", type=Path, default=None, help="WebUI .safetensors")
     parser.add_argument("--quality", action="store_true", help="fidelity on the trained fixture")
-    parser.add_argument(
-        "--study",
-        choices=["equal-flops", "few-steps"],
-        default=None,
-        help="instead of the speed grid: every caching method against uniform at matched FLOP "
-        "speedup (equal-flops, see lib_deepcache/bench/study.py), or caching against fewer "
-        "steps at the same cost (few-steps, see fewsteps.py), on the trained fixture",
-    )
-    parser.add_argument(
-        "--samplers", default="Euler,DPM++ 2M,DPM++ SDE", help="study: comma-separated"
-    )
-    parser.add_argument("--intervals", default="3,5", help="study: uniform intervals to match")
-    parser.add_argument(
-        "--methods",
-        default=",".join(METHODS),
-        help="study: comma-separated, from " + ", ".join(METHODS) + " (uniform always runs)",
-    )
-    parser.add_argument(
-        "--step-counts",
-        default="2,3,4,5,6,8,10,12,15,20,30",
-        help="few-steps study: the requested step counts (at the first of --intervals)",
-    )
-    parser.add_argument("--seeds", type=int, default=16, help="study: seeds per cell")
-    parser.add_argument("--seed-start", type=int, default=0, help="study: first seed")
+    _add_study_args(parser)
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 configs (CI)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     parser.add_argument("--markdown", type=Path, default=None, help="write a markdown table")
@@ -107,12 +86,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.methods = _study_methods(parser, args.methods)
         args.intervals = [int(n) for n in args.intervals.split(",")]
         args.step_counts = [int(n) for n in args.step_counts.split(",")]
+        args.depths = [int(n) for n in args.depths.split(",")]
+        args.layouts = [name.strip() for name in args.layouts.split(",")]
         if any(n < 2 for n in args.intervals) or args.seeds < 2:
             parser.error("--intervals must be >= 2 and --seeds >= 2 (a paired interval needs two)")
     args.png = args.png or Path(
         "artifacts/study-equal-flops.png" if args.study else "artifacts/bench-quality.png"
     )
     return args
+
+
+def _add_study_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--study",
+        choices=["equal-flops", "few-steps", "defaults"],
+        default=None,
+        help="instead of the speed grid: every caching method against uniform at matched FLOP "
+        "speedup (equal-flops, see lib_deepcache/bench/study.py), or caching against fewer "
+        "steps at the same cost (few-steps, see fewsteps.py), on the trained fixture; or an "
+        "(interval, depth) grid on each layout's fixture to choose its defaults (defaults.py)",
+    )
+    parser.add_argument(
+        "--samplers", default="Euler,DPM++ 2M,DPM++ SDE", help="study: comma-separated"
+    )
+    parser.add_argument("--intervals", default="3,5", help="study: uniform intervals to match")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="study: comma-separated, from " + ", ".join(METHODS) + " (uniform always runs)",
+    )
+    parser.add_argument(
+        "--step-counts",
+        default="2,3,4,5,6,8,10,12,15,20,30",
+        help="few-steps study: the requested step counts (at the first of --intervals)",
+    )
+    parser.add_argument("--depths", default="0,1,2", help="defaults study: depths of the grid")
+    parser.add_argument("--layouts", default="sd15,sdxl", help="defaults study: fixture layouts")
+    parser.add_argument("--seeds", type=int, default=16, help="study: seeds per cell")
+    parser.add_argument("--seed-start", type=int, default=0, help="study: first seed")
 
 
 def _study_samplers(parser: argparse.ArgumentParser, text: str) -> list[str]:
@@ -133,11 +144,13 @@ def _study_methods(parser: argparse.ArgumentParser, text: str) -> list[str]:
     return ["uniform"] + [name for name in names if name != "uniform"]
 
 
-def main(argv: Sequence[str] | None = None) -> Report | list[StudyRow] | list[FewStepsRow]:
+def main(argv: Sequence[str] | None = None) -> Report | list[Any]:
     args = parse_args(argv)
     torch.set_grad_enabled(False)
     if args.study == "few-steps":
         return _few_steps(args)
+    if args.study == "defaults":
+        return _defaults(args)
     if args.study:
         return _study(args)
     report = run(args)
@@ -195,6 +208,31 @@ def _few_steps(args: argparse.Namespace) -> list[FewStepsRow]:
     print(fewsteps.to_markdown(rows, header))
     _write(args.json, json.dumps([asdict(row) for row in rows], indent=2))
     _write(args.markdown, fewsteps.to_markdown(rows, header))
+    return rows
+
+
+def _defaults(args: argparse.Namespace) -> list[DefaultsRow]:
+    from tqdm import tqdm
+
+    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    grid = len(args.intervals) * len(args.depths)
+    runs = len(args.layouts) * len(args.samplers) * grid
+    with tqdm(total=runs, desc="defaults", unit="run") as progress:
+
+        def tick(what: str) -> None:
+            progress.set_postfix_str(what)
+            progress.update()
+
+        rows = defaults.defaults_study(
+            args.layouts, args.samplers, args.intervals, args.depths, seeds, args.steps, tick
+        )
+    header = (
+        f"trained fixtures {', '.join(args.layouts)}, seeds {seeds[0]}-{seeds[-1]}, "
+        f"{args.steps} steps; PSNR/SSIM against the same layout's uncached image"
+    )
+    print(defaults.to_markdown(rows, header))
+    _write(args.json, json.dumps([asdict(row) for row in rows], indent=2))
+    _write(args.markdown, defaults.to_markdown(rows, header))
     return rows
 
 

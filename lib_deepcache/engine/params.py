@@ -21,7 +21,7 @@ MAX_INTERVAL = 1000
 # SDXL has 9 input blocks; the session clamps to the UNet it hooks (see ``effective_depth``).
 MAX_DEPTH = 11
 # Passes shorter than this run uncached by default (docs/quality.md "Few steps").
-DEFAULT_MIN_STEPS = 0
+DEFAULT_MIN_STEPS = 8
 MAX_MIN_STEPS = 1000
 _TWO_WORD_KEYS = {"max cached": "max_cached", "min steps": "min_steps"}
 
@@ -116,8 +116,10 @@ class DeepCacheParams:
     ``forecast`` in [0, 1]: on a cached step, the deep feature is extrapolated from the last two
     full steps, ``F1 + forecast * (F1 - F0) * (t - t1) / (t1 - t0)`` (first order in the UNet's
     timestep); 0 holds the last feature as the paper does.
-    ``min_steps``: a pass that executes fewer steps than this runs uncached, and the report
-    says so (0 = never off); see docs/quality.md "Few steps" for the measurement behind it.
+    ``min_steps``: a pass requested with fewer steps than this runs uncached and the report
+    says so (0 = never off); :class:`~.generation.GenerationRun` applies it per pass (a bare
+    :class:`~.session.DeepCacheSession` caches whatever it is given). The default comes from
+    docs/quality.md "Few steps".
     """
 
     enabled: bool = False

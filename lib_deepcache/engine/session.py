@@ -105,7 +105,8 @@ class DeepCacheSession:
         self._detach()
         self._closed = True
         self._planner.clear()
-        if self.params.enabled:
+        # a session that never saw a step (Forge begins its hires pass twice) has nothing to say
+        if self.params.enabled and self.stats.full_steps + self.stats.cached_steps:
             logger.info("DeepCache: %s", self.stats.summary())
 
     @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ class HostPool:
         # at once instead of retrying a multi-minute step for each of them.
         self.failures: dict[tuple[str, HostState | None], str] = {}
         self._other_at_start: dict[str, bool] = {}
+        self._controlnet_at_start: dict[str, bool] = {}
 
     def server(self, name: str) -> HostServer:
         if name not in self.selected:
@@ -49,6 +51,7 @@ class HostPool:
                 self.failures[(name, None)] = str(error)
                 raise
             self._other_at_start[name] = server.other_extension_present()
+            self._controlnet_at_start[name] = server.controlnet_present()
             self.servers[name] = server
         return self.servers[name]
 
@@ -56,13 +59,15 @@ class HostPool:
         server = self.server(name)
         if state.other_extension and not server.has_other_extension:
             pytest.skip(f"{name} has no other extension titled DeepCache")
+        if server.spec.controlnet is None:  # built in (Forge), or the test skips itself
+            state = replace(state, controlnet=False)
         if (name, state) in self.failures:
             pytest.fail(self.failures[(name, state)], pytrace=False)
         if self.current is not None and self.current is not server:
             self.current.stop()
         self.current = server
         try:
-            server.ensure(ui=state.ui, other_extension=state.other_extension, folder=state.folder)
+            server.ensure(state)
         except HostError as error:
             self.failures[(name, state)] = str(error)
             server.stop()
@@ -75,6 +80,7 @@ class HostPool:
             server.stop()
             with contextlib.suppress(HostError):
                 server.set_other_extension(self._other_at_start.get(name, False))
+                server.set_controlnet(self._controlnet_at_start.get(name, False))
 
 
 def item_host(item: pytest.Item) -> str | None:
@@ -104,7 +110,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     others = [item for item in items if not item.get_closest_marker("e2e")]
 
-    def key(pair: tuple[int, pytest.Item]) -> tuple[int, tuple[bool, bool, bool, str], int]:
+    def key(pair: tuple[int, pytest.Item]) -> tuple[int, tuple[bool, bool, bool, bool, str], int]:
         index, item = pair
         host = item_host(item)
         return (order.get(host, len(order)) if host else -1, item_state(item).sort_key(), index)

@@ -35,6 +35,7 @@ class HostSpec:
     extensions_dir: str  # relative to TARGET
     config: str  # the host's settings file, relative to TARGET
     other_extension: str | None  # folder of the other extension titled "DeepCache"
+    controlnet: str | None = None  # folder of a ControlNet extension the build parks
     start_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
 
@@ -46,6 +47,7 @@ SPECS: dict[str, HostSpec] = {
         "data/extensions",
         "data/config.json",
         "sd-webui-deepcache-standalone",
+        controlnet="sd-webui-controlnet",  # tools/hosts/a1111-extras.sh parks it
         start_args=("--threads", "1"),
     ),
     "forge": HostSpec(
@@ -74,10 +76,17 @@ class HostState:
     ui: bool = False
     other_extension: bool = False
     folder: str = DEFAULT_FOLDER
+    controlnet: bool = False  # the host's parked ControlNet extension installed
 
-    def sort_key(self) -> tuple[bool, bool, bool, str]:
+    def sort_key(self) -> tuple[bool, bool, bool, bool, str]:
         """Default state first, so that the common case never waits for a restart."""
-        return (self.ui, self.other_extension, self.folder != DEFAULT_FOLDER, self.folder)
+        return (
+            self.ui,
+            self.other_extension,
+            self.controlnet,
+            self.folder != DEFAULT_FOLDER,
+            self.folder,
+        )
 
 
 class HostServer(HostApi):
@@ -155,6 +164,21 @@ class HostServer(HostApi):
         other = self.spec.other_extension
         return other is not None and (self.extensions_dir / other).is_dir()
 
+    def set_controlnet(self, present: bool) -> None:
+        """Install the ControlNet extension the build parked, or park it again."""
+        folder = self.spec.controlnet
+        if folder is None:
+            if present:
+                raise HostError(f"{self.name} has no ControlNet extension to install")
+            return
+        if self.running():
+            raise HostError(f"{self.name}: stop the host before changing its extensions")
+        place_other_extension(self.extensions_dir / folder, self.parked_dir / folder, present)
+
+    def controlnet_present(self) -> bool:
+        folder = self.spec.controlnet
+        return folder is not None and (self.extensions_dir / folder).is_dir()
+
     # ------------------------------------------------------------------ server
     def pid(self) -> int | None:
         try:
@@ -209,7 +233,10 @@ class HostServer(HostApi):
                 + proc.stdout.decode(errors="replace")[-4000:]
             )
         self.state = HostState(
-            ui=ui, other_extension=self.other_extension_present(), folder=self._installed or ""
+            ui=ui,
+            other_extension=self.other_extension_present(),
+            folder=self._installed or "",
+            controlnet=self.controlnet_present(),
         )
 
     def _restore_settings(self) -> None:
@@ -237,24 +264,23 @@ class HostServer(HostApi):
             check=False,
         )
 
-    def ensure(
-        self, ui: bool = False, other_extension: bool = False, folder: str = DEFAULT_FOLDER
-    ) -> None:
+    def ensure(self, want: HostState) -> None:
         """Bring the host into this state, restarting only when something differs.
 
         The first call of a session always installs a fresh copy of the working tree.
         """
-        want = HostState(ui, other_extension, folder)
         if self.state == want and self.running():
             return
-        layout = (folder, other_extension)
-        if self._installed is None or layout != (self._installed, self.other_extension_present()):
+        layout = (want.folder, want.other_extension, want.controlnet)
+        present = (self._installed, self.other_extension_present(), self.controlnet_present())
+        if self._installed is None or layout != present:
             self.stop()
-            self.set_other_extension(other_extension)
-            self.install_extension(folder)
+            self.set_other_extension(want.other_extension)
+            self.set_controlnet(want.controlnet)
+            self.install_extension(want.folder)
         elif self.state is not None:
             self.stop()  # another mode, or the server died
-        self.start(ui=ui)
+        self.start(ui=want.ui)
 
     # ------------------------------------------------------------------ log
     def log_mark(self) -> int:

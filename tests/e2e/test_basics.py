@@ -28,7 +28,8 @@ from tests.e2e.payloads import (
 pytestmark = pytest.mark.e2e
 
 STEPS = 12
-DC_TEXT = "interval 3, depth 0, start 0%, end 100%, uniform"
+# the default min_steps (8) is written too: paste-back must restore it
+DC_TEXT = "interval 3, depth 0, start 0%, end 100%, uniform, min steps 8"
 # Uniform interval 3 over 12 steps: full at steps 0, 3, 6, 9.
 DC_COUNTS_12 = (4, 8)
 # Steps executed by img2img at denoising strength 0.5 with 12 requested steps (Euler):
@@ -90,7 +91,8 @@ def test_forecast_changes_only_what_cached_steps_splice(host: HostServer) -> Non
     ahead = host.txt2img(base_payload(host, alwayson_scripts=deepcache(interval=3, forecast=1)))
 
     assert max_abs_diff(held.images[0], zero.images[0]) == 0
-    assert ahead.fields().get("DeepCache") == f"{DC_TEXT}, forecast 1", ahead.infotexts[0]
+    with_forecast = DC_TEXT.replace("uniform,", "uniform, forecast 1,")
+    assert ahead.fields().get("DeepCache") == with_forecast, ahead.infotexts[0]
     assert ahead.counts() == held.counts() == DC_COUNTS_12
     assert ahead.sampler_runs == [STEPS], ahead.log[-2000:]
     assert max_abs_diff(held.images[0], ahead.images[0]) > 0
@@ -98,19 +100,19 @@ def test_forecast_changes_only_what_cached_steps_splice(host: HostServer) -> Non
 
 def test_min_steps_turns_a_shorter_pass_off_and_says_so(host: HostServer) -> None:
     """min_steps 13 on a 12-step request: uncached, the plain image bit for bit, and the
-    infotext says why; with hires fix (4 hires steps) and min_steps 5 only the hires pass is off.
+    infotext says why; with hires fix (8 hires steps) and min_steps 9 only the hires pass is off.
     """
     plain = host.txt2img(base_payload(host))
     off = host.txt2img(base_payload(host, alwayson_scripts=deepcache(interval=3, min_steps=13)))
     assert max_abs_diff(plain.images[0], off.images[0]) == 0
     fields = off.fields()
-    assert fields.get("DeepCache") == f"{DC_TEXT}, min steps 13", off.infotexts[0]
+    assert fields.get("DeepCache") == DC_TEXT.replace("min steps 8", "min steps 13")
     assert fields.get("DeepCache steps") == "off (12 steps < 13)", off.infotexts[0]
 
     hires = host.txt2img(
-        base_payload(host, **hires_fix(host), alwayson_scripts=deepcache(interval=3, min_steps=5))
+        base_payload(host, **hires_fix(host), alwayson_scripts=deepcache(interval=3, min_steps=9))
     )
-    assert hires.counts() == {"first pass": DC_COUNTS_12, "hires": "off (4 steps < 5)"}
+    assert hires.counts() == {"first pass": DC_COUNTS_12, "hires": "off (8 steps < 9)"}
     assert hires.sampler_runs[0] == STEPS and len(hires.sampler_runs) == 2, hires.log[-3000:]
 
 
@@ -228,12 +230,13 @@ def test_inpainting_caches_and_keeps_the_unmasked_half(host: HostServer) -> None
 
 
 def hires_fix(host: HostServer) -> dict[str, Any]:
-    """Hires fix at 2x with a latent upscaler and 4 hires steps, in the host's terms."""
+    """Hires fix at 2x with a latent upscaler and 8 hires steps (the default min_steps: fewer
+    would run uncached), in the host's terms."""
     hires: dict[str, Any] = {
         "enable_hr": True,
         "hr_scale": 2,
         "hr_upscaler": "Latent",
-        "hr_second_pass_steps": 4,
+        "hr_second_pass_steps": 8,
         "denoising_strength": DENOISE,
     }
     if host.name == "sdnext":
@@ -303,11 +306,11 @@ def test_positional_and_dict_args_give_the_same_image(host: HostServer) -> None:
         base_payload(
             host,
             alwayson_scripts=deepcache_positional(
-                [True, 3, 1, 0.0, 1.0, "non-uniform", True, 2, 0, 0.15, 4]
+                [True, 3, 1, 0.0, 1.0, "non-uniform", True, 2, 0, 0.15, 4, 0.0, 8]
             ),
         )
     )
-    want = "interval 3, depth 1, start 0%, end 100%, non-uniform"
+    want = "interval 3, depth 1, start 0%, end 100%, non-uniform, min steps 8"
     for result in (named, short, full):
         assert result.fields().get("DeepCache") == want, result.infotexts[0]
     assert max_abs_diff(named.images[0], short.images[0]) == 0
@@ -321,9 +324,9 @@ BAD_ARGS = {
     "depth-too-deep": ([{"enabled": True, "depth": 12}], "depth"),
     "unknown-schedule": ([{"enabled": True, "schedule": "sometimes"}], "schedule"),
     "unknown-key": ([{"enabled": True, "intervall": 3}], "intervall"),
-    # twelve controls (forecast last); a thirteenth value is refused as a whole
+    # thirteen controls (min steps last); a fourteenth value is refused as a whole
     "too-many-positional": (
-        [True, 3, 0, 0.0, 1.0, "uniform", True, 2, 0, 0.15, 4, 0.0, 9],
+        [True, 3, 0, 0.0, 1.0, "uniform", True, 2, 0, 0.15, 4, 0.0, 8, 9],
         "args",
     ),
     "positional-bad-end": ([True, 3, 0, 0.0, 1.5], "end"),

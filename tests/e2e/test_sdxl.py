@@ -85,7 +85,9 @@ def test_sdxl_layout_checkpoint_caches_and_clamps_depth(a1111: HostServer) -> No
 
         cached = a1111.txt2img(xl_payload(a1111, alwayson_scripts=deepcache(interval=3, depth=0)))
         fields = assert_ran_on_xl(cached, model_hash)
-        assert fields.get("DeepCache") == "interval 3, depth 0, start 0%, end 100%, uniform"
+        assert fields.get("DeepCache") == (
+            "interval 3, depth 0, start 0%, end 100%, uniform, min steps 8"
+        )
         assert parse_counts(fields["DeepCache steps"]) == COUNTS_12, cached.infotexts[0]
         assert max_abs_diff(plain.images[0], cached.images[0]) > 0, "DeepCache changed nothing"
 
@@ -94,7 +96,9 @@ def test_sdxl_layout_checkpoint_caches_and_clamps_depth(a1111: HostServer) -> No
         # (so that pasting it back asks for the same thing); the console says what ran.
         deepest = a1111.txt2img(xl_payload(a1111, alwayson_scripts=deepcache(interval=3, depth=11)))
         fields = assert_ran_on_xl(deepest, model_hash)
-        assert fields.get("DeepCache") == "interval 3, depth 11, start 0%, end 100%, uniform"
+        assert fields.get("DeepCache") == (
+            "interval 3, depth 11, start 0%, end 100%, uniform, min steps 8"
+        )
         assert parse_counts(fields["DeepCache steps"]) == COUNTS_12, deepest.infotexts[0]
         assert re.search(rf"depth 11 clamped to {SDXL_BLOCKS - 1}\b", deepest.log), deepest.log
         depth8 = a1111.txt2img(

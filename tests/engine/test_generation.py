@@ -9,7 +9,7 @@ from lib_deepcache.engine.generation import GenerationRun, PassPlan
 from lib_deepcache.engine.params import DeepCacheParams
 from tests.support import assert_same_fingerprint, unet_fingerprint
 
-ON = DeepCacheParams(enabled=True, interval=2)
+ON = DeepCacheParams(enabled=True, interval=2, min_steps=0)  # these passes are 2-4 steps
 CONTEXT = unet_config("sd15", 32)["context_dim"]
 
 
@@ -101,6 +101,21 @@ def test_model_swap_moves_the_hooks_and_restores_the_old_unet():
     moved = run.passes[0].stats[1]
     assert moved.miss_passes == 1  # step 1 (cached) found no feature on the new UNet: ran fully
     assert moved.cached_passes == 1  # step 3 used the new UNet's own step-2 feature
+
+
+def test_only_sessions_that_ran_steps_log_their_counts(caplog):
+    """Forge begins its hires pass twice: the first, empty session logged "0 full / 0 cached"
+    to the console before; only the session that ran steps may log counts."""
+    unet = build_unet("sd15", width=32)
+    run = GenerationRun()
+    with caplog.at_level("INFO", logger="deepcache"):
+        run.begin_pass(unet, PassPlan("hires", ON, 2))
+        run.begin_pass(unet, PassPlan("hires", ON, 2))
+        for t in (500, 250):
+            call(unet, t)
+        run.close()
+    counts = [r.getMessage() for r in caplog.records if "full /" in r.getMessage()]
+    assert counts == ["DeepCache: 1 full / 1 cached steps"], counts
 
 
 def test_a_pass_begun_again_before_it_ran_is_counted_once():

@@ -24,10 +24,10 @@ def test_watcher_opens_a_session_per_pass_and_survives_a_failing_plan(caplog):
     run = GenerationRun()
     plans = iter(
         [
-            PassPlan("first pass", DeepCacheParams(True, 2, 0), 4),
+            PassPlan("first pass", DeepCacheParams(True, 2, 0, min_steps=0), 4),
             ValueError("no schedule"),
             None,
-            PassPlan("hires", DeepCacheParams(True, 3, 0), 3),
+            PassPlan("hires", DeepCacheParams(True, 3, 0, min_steps=0), 3),
         ]
     )
 

@@ -79,4 +79,7 @@ def test_infotext_round_trip_with_and_without_hires():
 def test_disabled_writes_no_infotext_and_pastes_back_disabled():
     assert ScriptArgs.defaults().infotext(hires_fix=True) == {}
     assert ScriptArgs.from_infotext({}) == ScriptArgs.defaults()
-    assert ScriptArgs.from_infotext({"DeepCache": "interval 3"}).first == DeepCacheParams(True, 3)
+    # no "min steps" in an infotext: made with the switch-off at 0, or before it existed
+    assert ScriptArgs.from_infotext({"DeepCache": "interval 3"}).first == DeepCacheParams(
+        True, 3, min_steps=0
+    )

@@ -85,7 +85,8 @@ def test_the_refiner_pass_of_a_pipeline_run_stays_uncached(monkeypatch):
     refiner_timesteps = timesteps[2:]
     reference = _pipeline_pass(unet, refiner_timesteps, context)
 
-    p = types.SimpleNamespace(deepcache_args=ScriptArgs.from_args([True, 2, 0]), steps=4)
+    args = ScriptArgs.from_args([{"enabled": True, "interval": 2, "min_steps": 0}])
+    p = types.SimpleNamespace(deepcache_args=args, steps=4)
     run, adapter = GenerationRun(), SdNext()
     adapter.on_batch(run, p)
     try:

@@ -103,7 +103,8 @@ def test_refiner_switch_hooks_the_new_unet_and_restores_both(host):
 def test_webui_before_1_10_hooks_through_process_batch_and_before_hr(host, monkeypatch):
     monkeypatch.delattr(scripts.Script, "process_before_every_sampling")
     scripts.PER_PASS_HOOK = False
-    _, processed = txt2img(host, ON, enable_hr=True, hr_second_pass_steps=4)
+    no_min_steps = [*ON, 0.15, 4, 0.0, 0]  # the 4-step hires pass cached, not off
+    _, processed = txt2img(host, no_min_steps, enable_hr=True, hr_second_pass_steps=4)
     assert (
         info(processed)["DeepCache steps"]
         == "first pass 3 full / 6 cached; hires 2 full / 2 cached"
@@ -111,7 +112,7 @@ def test_webui_before_1_10_hooks_through_process_batch_and_before_hr(host, monke
 
 
 def test_infotext_round_trip_restores_every_control(host):
-    values = [True, 4, 2, 0.1, 0.9, "adaptive", True, 3, 1, 0.25, 5, 0.5]
+    values = [True, 4, 2, 0.1, 0.9, "adaptive", True, 3, 1, 0.25, 5, 0.5, 3]
     _, processed = txt2img(host, values, enable_hr=True, hr_second_pass_steps=3)
     script = host["txt2img"].alwayson_scripts[0]
     pasted = paste(script.infotext_fields, info(processed))
