@@ -24,6 +24,9 @@ class Row:
     unet_seconds_off: float = 0.0
     unet_seconds_on: float = 0.0
     measured_speedup: float = 0.0
+    # lowest and highest per-repeat speedup (each repeat's cached run against its own bracket)
+    speedup_low: float = 0.0
+    speedup_high: float = 0.0
     efficiency: float = 0.0
     cache_peak_mb: float = 0.0
     psnr: float | None = None
@@ -67,6 +70,7 @@ class Report:
             "UNet s off",
             "UNet s on",
             "measured",
+            "range over repeats",
             "efficiency",
             "cache MB",
         ]
@@ -83,6 +87,7 @@ class Report:
                 f"{r.unet_seconds_off:.2f}",
                 f"{r.unet_seconds_on:.2f}",
                 f"{r.measured_speedup:.2f}x",
+                f"{r.speedup_low:.2f}-{r.speedup_high:.2f}x",
                 f"{r.efficiency:.2f}",
                 f"{r.cache_peak_mb:.1f}",
             ]

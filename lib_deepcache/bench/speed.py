@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> Report:
     rig.model.to(device)
     rig.denoiser.to(device)
     report = Report(settings=_settings(args), rows=args.grid)
-    off, on_times = _time_rows(rig, args, device)
+    off_times, on_times = _time_rows(rig, args, device)
+    off = statistics.median(off_times)
     counted = count_unit_flops(rig.unet, *rig.meta_call(2, args.size))
     for row, on in zip(report.rows, on_times, strict=True):
         row.shallow_share = counted.shallow_share(effective_depth(row.depth, counted.num_blocks))
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> Report:
         row.unet_seconds_off = off
         row.unet_seconds_on = statistics.median(on)
         row.measured_speedup = off / row.unet_seconds_on
+        paired = [bracket / cached for bracket, cached in zip(off_times, on, strict=True)]
+        row.speedup_low, row.speedup_high = min(paired), max(paired)
         row.efficiency = row.measured_speedup / row.flop_speedup
     if args.quality:
         add_quality(report, args)
@@ -62,9 +65,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _time_rows(
     rig: Rig, args: argparse.Namespace, device: torch.device
-) -> tuple[float, list[list[float]]]:
-    """UNet seconds: the median uncached run (two bracketing each repeat's cached runs), and
-    each row's cached runs. Fills each row's step counts and cache peak on the way."""
+) -> tuple[list[float], list[list[float]]]:
+    """UNet seconds per repeat: the uncached time (the mean of the two runs bracketing the
+    repeat's cached runs), and each row's cached runs. Fills each row's step counts and cache
+    peak on the way."""
     from tqdm import tqdm
 
     rows = args.grid
@@ -101,7 +105,7 @@ def _time_rows(
     finally:
         timer.remove()
         progress.close()
-    return statistics.median(off_times), on_times
+    return off_times, on_times
 
 
 def add_quality(report: Report, args: argparse.Namespace) -> None:

@@ -50,6 +50,7 @@ def test_quick_bench_writes_a_consistent_report(tmp_path, capsys, argv, rows):
         assert 1 < row.flop_speedup <= row.limit * (1 + 1e-9)
         assert row.unet_seconds_off > 0 and row.unet_seconds_on > 0
         assert row.cache_peak_mb > 0
+        assert 0 < row.speedup_low <= row.speedup_high  # the spread over the three repeats
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["settings"]["steps"] == 6 and len(data["rows"]) == 2
     assert data["settings"]["repeats"] == 3  # --quick times three interleaved repeats
@@ -58,6 +59,7 @@ def test_quick_bench_writes_a_consistent_report(tmp_path, capsys, argv, rows):
     )
     markdown = (tmp_path / "r.md").read_text()
     assert "| config | full/cached |" in markdown and rows[1][0] in markdown
+    assert "range over repeats" in markdown
     assert rows[0][0] in capsys.readouterr().out
 
 
