@@ -3,10 +3,9 @@
 The UI controls, the API's positional ``args`` and the API's single-object form all map to
 :class:`ScriptArgs`. The hires pass shares the first pass's window and schedule (with the
 adaptive schedule's threshold and max cached steps, the forecast and the few-step switch-off)
-but has its own
-switch, interval and depth, because its few steps on an upscaled latent tolerate different
-caching. Infotext keys and X/Y/Z overrides are defined here too, so that the host adapter only
-moves values around.
+but has its own switch, interval and depth, because its few steps on an upscaled latent
+tolerate different caching. Infotext keys and X/Y/Z overrides are defined here too, so that
+the host adapter only moves values around.
 """
 
 from __future__ import annotations

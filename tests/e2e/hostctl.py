@@ -151,32 +151,28 @@ class HostServer(HostApi):
 
     def set_other_extension(self, present: bool) -> None:
         """Park the other extension titled "DeepCache" in TARGET/parked-extensions, or unpark it."""
-        other = self.spec.other_extension
-        if other is None:
-            if present:
-                raise HostError(f"{self.name} has no other DeepCache extension to install")
-            return
-        if self.running():
-            raise HostError(f"{self.name}: stop the host before changing its extensions")
-        place_other_extension(self.extensions_dir / other, self.parked_dir / other, present)
+        self._place_parked(self.spec.other_extension, present, "other DeepCache extension")
 
     def other_extension_present(self) -> bool:
-        other = self.spec.other_extension
-        return other is not None and (self.extensions_dir / other).is_dir()
+        return self._installed_folder(self.spec.other_extension)
 
     def set_controlnet(self, present: bool) -> None:
         """Install the ControlNet extension the build parked, or park it again."""
-        folder = self.spec.controlnet
+        self._place_parked(self.spec.controlnet, present, "ControlNet extension")
+
+    def controlnet_present(self) -> bool:
+        return self._installed_folder(self.spec.controlnet)
+
+    def _place_parked(self, folder: str | None, present: bool, what: str) -> None:
         if folder is None:
             if present:
-                raise HostError(f"{self.name} has no ControlNet extension to install")
+                raise HostError(f"{self.name} has no {what} to install")
             return
         if self.running():
             raise HostError(f"{self.name}: stop the host before changing its extensions")
         place_other_extension(self.extensions_dir / folder, self.parked_dir / folder, present)
 
-    def controlnet_present(self) -> bool:
-        folder = self.spec.controlnet
+    def _installed_folder(self, folder: str | None) -> bool:
         return folder is not None and (self.extensions_dir / folder).is_dir()
 
     # ------------------------------------------------------------------ server

@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 
 from tests.e2e.hostctl import HostServer
-from tests.e2e.payloads import Result, base_payload, deepcache, max_abs_diff, png_b64
+from tests.e2e.payloads import (
+    Result,
+    base_payload,
+    deepcache,
+    max_abs_diff,
+    noise_image,
+    png_b64,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.host_state(controlnet=True)]
 
@@ -120,7 +127,7 @@ def assert_clean_log(result: Result) -> None:
     assert not bad, "\n".join(bad)
 
 
-def test_control_is_applied_on_cached_steps_too(host: HostServer) -> None:
+def test_control_is_applied_on_cached_steps_too(host: HostServer, record_property) -> None:
     """The control image must steer cached steps as well: (1) with DeepCache the ControlNet
     image stays nearer the uncached ControlNet image than the DeepCache image without control
     (A1111, full-size UNet); (2) on both hosts, a unit whose guidance window holds only two
@@ -137,7 +144,9 @@ def test_control_is_applied_on_cached_steps_too(host: HostServer) -> None:
     assert "ControlNet 0" in both.fields(), both.infotexts[0]
     to_control = mean_abs_diff(both.images[0], control.images[0])
     to_alone = mean_abs_diff(both.images[0], alone.images[0])
-    print(f"{host.name}: |DC+CN - CN| {to_control:.2f}, |DC+CN - DC| {to_alone:.2f}")
+    # measured on every run, kept in the JUnit report (artifacts/e2e.xml in CI)
+    record_property("distance_to_uncached_control", round(to_control, 2))
+    record_property("distance_to_deepcache_without_control", round(to_alone, 2))
     if host.name == "a1111":
         assert to_control < to_alone, (to_control, to_alone)
 
@@ -166,8 +175,6 @@ def test_weight_zero_is_deepcache_alone_and_interval_one_is_control_alone(
 
 
 def test_img2img_with_control(host: HostServer) -> None:
-    from tests.e2e.payloads import noise_image
-
     init = {"init_images": [png_b64(noise_image())], "denoising_strength": 0.5}
     alone = host.img2img(request(host, None, {"interval": 3}, **init))
     both = host.img2img(request(host, 1.0, {"interval": 3}, **init))
