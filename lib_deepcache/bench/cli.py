@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repeats = max(args.repeats, 3)
     args.grid = args.grid or parse_grid(DEFAULT_GRID)
     if args.study:
-        args.samplers = _study_samplers(parser, args.samplers)
-        args.methods = _study_methods(parser, args.methods)
+        args.samplers = _names(parser, "--samplers", args.samplers, list(SAMPLER_NAMES))
+        methods = _names(parser, "--methods", args.methods, METHODS, allow_none=True)
+        args.methods = ["uniform"] + [name for name in methods if name != "uniform"]
         args.intervals = [int(n) for n in args.intervals.split(",")]
         args.step_counts = [int(n) for n in args.step_counts.split(",")]
         args.depths = [int(n) for n in args.depths.split(",")]
@@ -126,22 +128,20 @@ def _add_study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-start", type=int, default=0, help="study: first seed")
 
 
-def _study_samplers(parser: argparse.ArgumentParser, text: str) -> list[str]:
+def _names(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    text: str,
+    known: Sequence[str],
+    allow_none: bool = False,
+) -> list[str]:
+    """A comma-separated list of known names; an unknown one (or none, unless allowed) is
+    refused."""
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in SAMPLER_NAMES]
-    if unknown or not names:
-        parser.error(
-            f"--samplers: {', '.join(unknown) or 'none'}; one of {', '.join(SAMPLER_NAMES)}"
-        )
+    unknown = [name for name in names if name not in known]
+    if unknown or not (names or allow_none):
+        parser.error(f"{flag}: {', '.join(unknown) or 'none'}; one of {', '.join(known)}")
     return names
-
-
-def _study_methods(parser: argparse.ArgumentParser, text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
-    if unknown:
-        parser.error(f"--methods: {', '.join(unknown)}; one of {', '.join(METHODS)}")
-    return ["uniform"] + [name for name in names if name != "uniform"]
 
 
 def main(argv: Sequence[str] | None = None) -> Report | list[Any]:
@@ -162,17 +162,28 @@ def main(argv: Sequence[str] | None = None) -> Report | list[Any]:
     return report
 
 
-def _study(args: argparse.Namespace) -> list[StudyRow]:
+@contextmanager
+def _progress(total: int, desc: str, unit: str = "run") -> Iterator[Callable[[str], None]]:
+    """A progress bar; the ``tick`` it yields names the run just finished and advances it."""
     from tqdm import tqdm
 
-    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
-    runs = len(args.samplers) * (1 + len(args.intervals) * len(args.methods))
-    with tqdm(total=runs, desc="study", unit="cell") as progress:
+    with tqdm(total=total, desc=desc, unit=unit) as bar:
 
         def tick(what: str) -> None:
-            progress.set_postfix_str(what)
-            progress.update()
+            bar.set_postfix_str(what)
+            bar.update()
 
+        yield tick
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    return list(range(args.seed_start, args.seed_start + args.seeds))
+
+
+def _study(args: argparse.Namespace) -> list[StudyRow]:
+    seeds = _seeds(args)
+    runs = len(args.samplers) * (1 + len(args.intervals) * len(args.methods))
+    with _progress(runs, "study", "cell") as tick:
         rows = equal_flops_study(
             args.samplers, args.intervals, seeds, args.steps, methods=args.methods, tick=tick
         )
@@ -189,17 +200,10 @@ def _study(args: argparse.Namespace) -> list[StudyRow]:
 
 
 def _few_steps(args: argparse.Namespace) -> list[FewStepsRow]:
-    from tqdm import tqdm
-
-    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    seeds = _seeds(args)
     interval = args.intervals[0]
     runs = len(args.samplers) * len(args.step_counts) * len(fewsteps.MODES)
-    with tqdm(total=runs, desc="few steps", unit="run") as progress:
-
-        def tick(what: str) -> None:
-            progress.set_postfix_str(what)
-            progress.update()
-
+    with _progress(runs, "few steps") as tick:
         rows = fewsteps.few_steps_study(args.samplers, args.step_counts, seeds, interval, tick=tick)
     header = (
         f"trained fixture, seeds {seeds[0]}-{seeds[-1]}, interval {interval}, depth 0; PSNR "
@@ -212,17 +216,10 @@ def _few_steps(args: argparse.Namespace) -> list[FewStepsRow]:
 
 
 def _defaults(args: argparse.Namespace) -> list[DefaultsRow]:
-    from tqdm import tqdm
-
-    seeds = list(range(args.seed_start, args.seed_start + args.seeds))
+    seeds = _seeds(args)
     grid = len(args.intervals) * len(args.depths)
     runs = len(args.layouts) * len(args.samplers) * grid
-    with tqdm(total=runs, desc="defaults", unit="run") as progress:
-
-        def tick(what: str) -> None:
-            progress.set_postfix_str(what)
-            progress.update()
-
+    with _progress(runs, "defaults") as tick:
         rows = defaults.defaults_study(
             args.layouts, args.samplers, args.intervals, args.depths, seeds, args.steps, tick
         )

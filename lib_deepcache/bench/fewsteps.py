@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..engine.params import DeepCacheParams
-from .fidelity import FixtureSampler
+from .fidelity import FixtureSampler, mse
 from .study import SAMPLER_NAMES, paired_ci
 
 MODES = {"deepcache": 0.0, "forecast": 1.0}  # mode name -> forecast strength
@@ -37,12 +37,6 @@ class FewStepsRow:
     fewer_psnr: float  # fewer steps at the same cost, against the same
     diff: float  # mean over seeds of the per-seed PSNR difference, caching - fewer
     ci: float
-
-
-def mse(reference: torch.Tensor, candidate: torch.Tensor) -> np.ndarray:
-    """Per-image mean squared error, images in [-1, 1] mapped to [0, 1]."""
-    diff = ((reference - candidate) / 2).double()
-    return diff.pow(2).flatten(1).mean(1).numpy()
 
 
 def to_psnr(errors: np.ndarray, cap: float = 100.0) -> np.ndarray:

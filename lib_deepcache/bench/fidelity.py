@@ -83,6 +83,10 @@ class FixtureSampler:
         return self.flops(batch).shallow_share(depth)
 
 
+def counts(stats: DeepCacheStats) -> tuple[int, int]:
+    return stats.full_steps, stats.cached_steps
+
+
 def flop_speedup(stats: DeepCacheStats, shallow_share: float) -> float:
     """UNet FLOPs uncached over cached for the steps a session ran."""
     return schedule_speedup(stats.full_steps, stats.cached_steps, shallow_share)
@@ -90,11 +94,13 @@ def flop_speedup(stats: DeepCacheStats, shallow_share: float) -> float:
 
 @dataclass(frozen=True)
 class Calibrated:
-    threshold: float
+    """A method's run at one setting: its speedup, images and (full, cached) counts: steps, or
+    UNet calls for step skip. ``threshold`` is None for a method that has none."""
+
+    threshold: float | None
     flop_speedup: float
     images: torch.Tensor
-    stats: DeepCacheStats | None
-    calls: tuple[int, int] | None = None  # step skip: (full, skipped) UNet calls
+    counts: tuple[int, int]
 
 
 def bisect_threshold(
@@ -111,7 +117,8 @@ def bisect_threshold(
     low, high = 1e-4, 10.0
     best: Calibrated | None = None
     for _ in range(iterations):
-        candidate = run(math.sqrt(low * high))
+        threshold = math.sqrt(low * high)
+        candidate = run(threshold)
         if best is None or abs(candidate.flop_speedup - target_speedup) < abs(
             best.flop_speedup - target_speedup
         ):
@@ -119,9 +126,9 @@ def bisect_threshold(
         if abs(candidate.flop_speedup / target_speedup - 1) <= tolerance:
             break
         if candidate.flop_speedup < target_speedup:
-            low = candidate.threshold
+            low = threshold
         else:
-            high = candidate.threshold
+            high = threshold
     assert best is not None
     return best
 
@@ -145,7 +152,7 @@ def calibrate_threshold(
             True, depth=depth, schedule="adaptive", threshold=threshold, max_cached=max_cached
         )
         images, stats = fixture_sampler.sample(seeds, steps, sampler, params)
-        return Calibrated(threshold, flop_speedup(stats, shallow_share), images, stats)
+        return Calibrated(threshold, flop_speedup(stats, shallow_share), images, counts(stats))
 
     return bisect_threshold(run, target_speedup, iterations, tolerance)
 
@@ -166,21 +173,27 @@ def calibrate_step_skip(
         with StepSkip(fixture_sampler.unet, threshold) as skip:
             images, _ = fixture_sampler.sample(seeds, steps, sampler)
         calls = (skip.full_calls, skip.skipped_calls)
-        return Calibrated(threshold, skip.speedup(share), images, None, calls)
+        return Calibrated(threshold, skip.speedup(share), images, calls)
 
     return bisect_threshold(run, target_speedup, iterations, tolerance)
+
+
+def mse(reference: torch.Tensor, candidate: torch.Tensor) -> np.ndarray:
+    """Mean squared error of each image pair, images in [-1, 1] mapped to [0, 1]."""
+    ref = ((reference + 1) / 2).double()
+    cand = ((candidate + 1) / 2).double()
+    return (ref - cand).pow(2).flatten(1).mean(1).numpy()
 
 
 def per_image(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """PSNR (dB, images in [0, 1]; inf when identical) and SSIM of each image pair."""
     from skimage.metrics import structural_similarity
 
+    psnrs = [math.inf if e == 0 else 10 * math.log10(1.0 / e) for e in mse(reference, candidate)]
     ref = ((reference + 1) / 2).double()
     cand = ((candidate + 1) / 2).double()
-    psnrs, ssims = [], []
+    ssims = []
     for r, c in zip(ref, cand, strict=True):
-        mse = float(((r - c) ** 2).mean())
-        psnrs.append(math.inf if mse == 0 else 10 * math.log10(1.0 / mse))
         ssims.append(
             structural_similarity(
                 r.permute(1, 2, 0).numpy(),

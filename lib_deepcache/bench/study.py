@@ -26,6 +26,7 @@ from .fidelity import (
     FixtureSampler,
     calibrate_step_skip,
     calibrate_threshold,
+    counts,
     flop_speedup,
     per_image,
 )
@@ -109,7 +110,7 @@ def equal_flops_study(
                     images, stats = fixture.sample(
                         seeds, steps, sampler, _params(method, interval, depth)
                     )
-                    found = Calibrated(math.nan, flop_speedup(stats, share), images, stats)
+                    found = Calibrated(None, flop_speedup(stats, share), images, counts(stats))
                 target = target or found.flop_speedup  # uniform runs first
                 scores[method] = per_image(reference, found.images)
                 rows.append(_row(method, name, interval, target, found, scores))
@@ -136,10 +137,7 @@ def _row(
     base_psnr, base_ssim = scores["uniform"]
     psnr_diff, psnr_ci = paired_ci(psnr - base_psnr)
     ssim_diff, ssim_ci = paired_ci(ssim - base_ssim)
-    if found.stats is not None:
-        full, cached = found.stats.full_steps, found.stats.cached_steps
-    else:
-        full, cached = found.calls or (0, 0)
+    full, cached = found.counts
     return StudyRow(
         method,
         sampler,
@@ -154,7 +152,7 @@ def _row(
         psnr_ci if method != "uniform" else 0.0,
         ssim_diff,
         ssim_ci if method != "uniform" else 0.0,
-        None if math.isnan(found.threshold) else found.threshold,
+        found.threshold,
     )
 
 

@@ -8,6 +8,7 @@
 #   bash tools/hosts/a1111-extras.sh TARGET RECIPE_DIR
 set -euo pipefail
 target="$1" recipe="$2"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 models="$target/data/models/Stable-diffusion"
 if [ ! -f "$models/tiny-sd15-refiner.safetensors" ] || [ ! -f "$models/sd15-refiner-fp16.safetensors" ]; then
   tmp="$target/run/refiner-ckpt"
@@ -25,7 +26,6 @@ fi
 approx="$target/data/models/VAE-approx"
 if [ ! -f "$models/tiny-sdxl-random.safetensors" ] || [ ! -f "$models/tiny-sdxl-random.yaml" ] \
     || [ ! -f "$approx/vaeapprox-sdxl.pt" ]; then
-  here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
   HF_HOME="$target/hf-home" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     "$target/venv/bin/python" "$here/make_sdxl_ckpt.py" "$target/webui" "$models" \
     --vae-approx-dir "$approx"
@@ -101,6 +101,5 @@ fi
 # A random SD 1.5 ControlNet, full width to fit sd15-random-fp16, where the extension reads
 # models (data/models/ControlNet); tools/hosts/make_controlnet.py explains its layout. A file
 # that exists is kept (723 MB, ~10 s to write).
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CUDA_VISIBLE_DEVICES= "$target/venv/bin/python" "$here/make_controlnet.py" \
   "$models/sd15-random-fp16.safetensors" "$target/data/models/ControlNet/control_sd15_random.safetensors"
