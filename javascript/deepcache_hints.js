@@ -7,7 +7,7 @@
     var hints = {
         "DeepCache": "Reuse the UNet's deep features between steps: 2-3x faster sampling, almost no loss of quality.",
         "Enable DeepCache": "Reuse the UNet's deep features between steps: 2-3x faster sampling, almost no loss of quality.",
-        "Cache interval": "Denoising steps per full UNet refresh. 1 = no caching; 3 is about 2.5x faster on the UNet, 5 about 3.5x with more quality loss.",
+        "Cache interval (0 = auto)": "Denoising steps per full UNet refresh. 0 = auto, the loaded model's own: 3 on SD1.x/2.x, 2 on SDXL (whose cached steps drift further at 3). 1 = no caching; 3 is about 2.5x faster on the UNet, 5 about 3.5x with more quality loss.",
         "Cache depth": "Skip branch where the cheap path stops. 0 = shallowest and fastest; higher keeps more blocks live: slower, closer to the uncached image. Clamped to 8 on SDXL.",
         "Cache start": "Fraction of the executed steps before which every step runs the full UNet (protects the composition).",
         "Cache end": "Fraction of the executed steps after which every step runs the full UNet (protects fine detail).",
@@ -15,9 +15,9 @@
         "Adaptive threshold": "adaptive schedule only: refresh once the accumulated relative change of the shallow skip feature since the last refresh reaches this. Lower = more refreshes, closer to uncached.",
         "Max cached steps": "adaptive schedule only: never more than this many cached steps in a row.",
         "Forecast": "Extrapolate the cached deep feature from the last two refreshes instead of holding it. 0 = plain DeepCache; 1 = full first-order forecast: much closer to the uncached image with Euler, DPM++ 2M and other deterministic samplers at the same speed; worse with SDE samplers.",
-        "Off below steps": "A pass (first pass or hires fix) that executes fewer steps than this runs uncached, and the DeepCache steps infotext says so. 0 = never off.",
+        "Off below steps": "A pass (first pass or hires fix) requested with fewer steps than this runs uncached, and the DeepCache steps infotext says so. 0 = never off.",
         "Cache the hires fix pass": "Also cache the hires fix pass, with its own interval and depth.",
-        "Hires cache interval": "Steps per full refresh in the hires fix pass.",
+        "Hires cache interval (0 = auto)": "Steps per full refresh in the hires fix pass (0 = auto, as above).",
         "Hires cache depth": "Skip branch in the hires fix pass (0 = fastest)."
     };
     for (var label in hints) {

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..engine.params import DeepCacheParams
+from ..engine.params import AUTO_INTERVAL, DeepCacheParamError, DeepCacheParams
 
 
 @dataclass
@@ -114,6 +114,8 @@ def parse_grid(text: str) -> list[Row]:
             threshold = float(raw)
         schedule = "non-uniform" if item.endswith("n") else "uniform"
         interval, depth = item.rstrip("n").split("x")
+        if int(interval) == AUTO_INTERVAL:  # a bench row names the setting it measures
+            raise DeepCacheParamError("interval", interval, "an integer from 1 (no auto here)")
         row = Row(
             int(interval), int(depth), "adaptive" if threshold is not None else schedule, threshold
         )

@@ -57,6 +57,11 @@ class PassRecord:
     def ran(self) -> bool:
         return self.full_steps + self.cached_steps > 0
 
+    @property
+    def intervals(self) -> list[int]:
+        """The intervals the pass's sessions ran with (``auto`` resolved per UNet)."""
+        return [s.interval for s in self.stats if s.full_steps + s.cached_steps]
+
 
 class GenerationRun:
     def __init__(self) -> None:
@@ -131,6 +136,13 @@ class GenerationRun:
                 text = f"{record.full_steps} full / {record.cached_steps} cached"
             parts.append(text if len(self.passes) == 1 else f"{record.name} {text}")
         return "; ".join(parts)
+
+    def ran_intervals(self) -> dict[str, list[int]]:
+        """Per pass name, the intervals its sessions ran with, for the infotext of ``auto``."""
+        intervals: dict[str, list[int]] = {}
+        for record in self.passes:
+            intervals.setdefault(record.name, []).extend(record.intervals)
+        return intervals
 
     def _open(self, unet: torch.nn.Module, plan: PassPlan, attach: bool) -> DeepCacheSession:
         session = DeepCacheSession(unet, plan.params, plan.total_steps, plan.timestep_grid)

@@ -12,11 +12,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 SCHEDULES = ("uniform", "non-uniform", "adaptive")
 MAX_INTERVAL = 1000
+# interval 0 ("auto" in the API and the infotext): the loaded UNet's own default, chosen in
+# docs/quality.md "Per-model defaults" (see :func:`auto_interval`).
+AUTO_INTERVAL = 0
+# SDXL's UNet has 9 input blocks (SD1.x/2.x and the SDXL refiner: 12).
+SDXL_BLOCKS = 9
 # The deepest skip branch of any supported UNet (SD1.x/2.x: 12 input blocks, branches 0..11).
 # SDXL has 9 input blocks; the session clamps to the UNet it hooks (see ``effective_depth``).
 MAX_DEPTH = 11
@@ -73,6 +78,25 @@ def _as_int(field: str, value: Any, low: int, high: int) -> int:
     return int(number)
 
 
+def _as_interval(field: str, value: Any) -> int:
+    """An interval from 1 to MAX_INTERVAL, or AUTO_INTERVAL from 0 or the word ``auto``."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return AUTO_INTERVAL
+    try:
+        return _as_int(field, value, AUTO_INTERVAL, MAX_INTERVAL)
+    except DeepCacheParamError:
+        allowed = f"an integer from 1 to {MAX_INTERVAL}, or 0 / auto (the model's default)"
+        raise DeepCacheParamError(field, value, allowed) from None
+
+
+def auto_interval(num_blocks: int) -> int:
+    """The interval ``auto`` runs with on a UNet of ``num_blocks`` input blocks: the fastest
+    setting that keeps the fidelity of SD1.x at interval 3 (docs/quality.md "Per-model
+    defaults"): 3 for SD1.x/2.x, 2 for SDXL, whose shallow path is a smaller share of the UNet
+    and whose cached steps drift about 2.3 dB further at interval 3."""
+    return 2 if num_blocks == SDXL_BLOCKS else 3
+
+
 def _as_fraction(
     field: str, value: Any, allowed: str = "a number from 0 to 1 (fraction of the executed steps)"
 ) -> float:
@@ -106,7 +130,9 @@ def _as_schedule(field: str, value: Any) -> str:
 class DeepCacheParams:
     """What the user asked for; the session derives everything else from it.
 
-    ``interval`` is the number of denoising steps per full refresh (1 = never cache).
+    ``interval`` is the number of denoising steps per full refresh (1 = never cache;
+    :data:`AUTO_INTERVAL` = the UNet's own default, resolved by the session from its layout with
+    :meth:`resolved`).
     ``depth`` is the paper's skip branch: 0 keeps only the outermost block pair (fastest).
     ``start``/``end`` bound, as fractions of the steps actually executed in a pass, the window in
     which cached steps may happen; outside it every step is full.
@@ -123,7 +149,7 @@ class DeepCacheParams:
     """
 
     enabled: bool = False
-    interval: int = 3
+    interval: int = AUTO_INTERVAL
     depth: int = 0
     start: float = 0.0
     end: float = 1.0
@@ -136,7 +162,7 @@ class DeepCacheParams:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "enabled", _as_bool("enabled", self.enabled))
-        set_(self, "interval", _as_int("interval", self.interval, 1, MAX_INTERVAL))
+        set_(self, "interval", _as_interval("interval", self.interval))
         set_(self, "depth", _as_int("depth", self.depth, 0, MAX_DEPTH))
         set_(self, "start", _as_fraction("start", self.start))
         set_(self, "end", _as_fraction("end", self.end))
@@ -189,14 +215,30 @@ class DeepCacheParams:
                 raise DeepCacheParamError(name, value, "a value (null is not allowed)")
         return cls(**dict(values))
 
+    def resolved(self, num_blocks: int) -> DeepCacheParams:
+        """These parameters on a UNet of ``num_blocks`` input blocks: ``auto`` made a number."""
+        if self.interval != AUTO_INTERVAL:
+            return self
+        return replace(self, interval=auto_interval(num_blocks))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_infotext(self) -> str:
-        """The human-readable value written under the ``DeepCache`` infotext key."""
+    def interval_infotext(self, ran: Sequence[int] = ()) -> str:
+        """``3``; ``auto`` before a UNet resolved it; ``2 (auto)`` with the interval(s) it ran
+        at (``2/3 (auto)`` when a refiner of another layout took over)."""
+        if self.interval != AUTO_INTERVAL:
+            return str(self.interval)
+        if not ran:
+            return "auto"
+        return "/".join(str(i) for i in dict.fromkeys(ran)) + " (auto)"
+
+    def to_infotext(self, ran_intervals: Sequence[int] = ()) -> str:
+        """The human-readable value written under the ``DeepCache`` infotext key;
+        ``ran_intervals``: what ``auto`` resolved to in the passes that ran."""
         text = (
-            f"interval {self.interval}, depth {self.depth}, start {_percent(self.start)}, "
-            f"end {_percent(self.end)}, {self.schedule}"
+            f"interval {self.interval_infotext(ran_intervals)}, depth {self.depth}, "
+            f"start {_percent(self.start)}, end {_percent(self.end)}, {self.schedule}"
         )
         if self.schedule == "adaptive":
             text += f", threshold {self.threshold:g}, max cached {self.max_cached}"
@@ -223,7 +265,9 @@ class DeepCacheParams:
                 continue
             key, _, raw = part.partition(" ")
             key = key.lower()
-            if key in ("interval", "depth", "threshold", "forecast"):
+            if key == "interval" and raw.strip().lower().endswith("(auto)"):
+                values[key] = AUTO_INTERVAL  # what auto ran at is a record, not a setting
+            elif key in ("interval", "depth", "threshold", "forecast"):
                 values[key] = raw.strip()
             elif key in ("start", "end"):
                 raw = raw.strip()

@@ -72,7 +72,8 @@ class StepPlanner:
         self._step_is_full = True
         self._step_ran_full: bool | None = None  # what the current step's passes really did
         self._last_full_step = 0
-        self._last_cached = schedule.last_cached_step(params, total_steps)
+        # disabled: nothing is ever cached (and an ``auto`` interval was never resolved)
+        self._last_cached = schedule.last_cached_step(params, total_steps) if params.enabled else -1
         self._adaptive = params.schedule == "adaptive"
         self._step_undecided = False
         self._change_sum = 0.0

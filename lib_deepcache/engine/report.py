@@ -34,6 +34,7 @@ class DeepCacheStats:
     """
 
     depth: int = 0
+    interval: int = 0  # the interval the session ran with (``auto`` resolved)
     full_steps: int = 0
     cached_steps: int = 0
     full_passes: int = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-from .params import DeepCacheParams
+from .params import AUTO_INTERVAL, DeepCacheParams
 
 # The paper tuned its non-uniform schedule on 50 PLMS steps with the densest refreshes around
 # step 15 and a power of 1.4; the center is kept at the same fraction of the window.
@@ -63,6 +63,8 @@ def is_full_step(params: DeepCacheParams, step: int, total_steps: int) -> bool:
         raise ValueError(f"step must be >= 0, got {step}")
     if params.schedule == "adaptive":
         return not may_cache(params, step, total_steps)
+    if params.interval == AUTO_INTERVAL:
+        raise ValueError("interval auto has no schedule until a UNet resolves it (resolved())")
     if params.interval == 1 or not may_cache(params, step, total_steps):
         return True
     span = window(params, total_steps)

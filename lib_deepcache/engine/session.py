@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .layout import Role, Site, UNetLayout
-from .params import DeepCacheParams, effective_depth
+from .params import AUTO_INTERVAL, DeepCacheParams, effective_depth
 from .patches import Forward, PatchSet, WrapperFactory
 from .planner import Mode, PassState, StepPlanner
 from .report import DeepCacheStats, measure_flops
@@ -47,7 +47,8 @@ class DeepCacheSession:
 
     ``timestep_grid``: the timesteps at which the sampler's steps start, when the host knows
     them; with it, midpoint evaluations of DPM2/DPM++ SDE-type samplers stay in their step.
-    A disabled ``params`` installs nothing at all.
+    A disabled ``params`` installs nothing at all. ``params.interval`` ``auto`` becomes the
+    UNet's own default here, where its layout is known; :attr:`params` holds the number.
     """
 
     def __init__(
@@ -60,9 +61,16 @@ class DeepCacheSession:
         if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
         self.unet = unet
-        self.params = params
         self.total_steps = total_steps
         self.layout = layout_of(unet) if params.enabled else None
+        if self.layout and params.interval == AUTO_INTERVAL:
+            params = params.resolved(self.layout.num_blocks)
+            logger.info(
+                "DeepCache: interval auto = %d for a UNet with %d skip connections",
+                params.interval,
+                self.layout.num_blocks,
+            )
+        self.params = params
         self.depth = effective_depth(params.depth, self.layout.num_blocks) if self.layout else 0
         if self.layout and self.depth != params.depth:
             logger.info(
@@ -71,7 +79,7 @@ class DeepCacheSession:
                 self.depth,
                 self.layout.num_blocks,
             )
-        self.stats = DeepCacheStats(depth=self.depth)
+        self.stats = DeepCacheStats(depth=self.depth, interval=params.interval)
         self._layout = self.layout or UNetLayout("none", 0, ())
         self._planner = StepPlanner(params, total_steps, timestep_grid, self.stats)
         self._patches = PatchSet()

@@ -69,9 +69,13 @@ class Controller:
         self._forward(p, lambda adapter, run: adapter.on_hires(run, p))
 
     def after_batch(self, p: Any) -> None:
+        """The counts, and the intervals an ``auto`` setting ran at, into the infotext."""
         run = self.close()
         if run is not None and run.passes:
             p.extra_generation_params[INFOTEXT_STEPS_KEY] = run.counts_infotext()
+            args = getattr(p, "deepcache_args", ScriptArgs.defaults())
+            hires_fix = bool(getattr(p, "enable_hr", False))
+            p.extra_generation_params.update(args.infotext(hires_fix, run.ran_intervals()))
 
     def follow_model(self) -> None:
         """Before every CFG denoiser call: let the adapter move the hooks to a swapped model."""

@@ -13,7 +13,7 @@ from typing import Any
 from ..engine.generation import PassPlan
 from ..engine.params import DeepCacheParams
 from . import webui
-from .script_args import ScriptArgs
+from .script_args import FIRST_PASS, HIRES_PASS, ScriptArgs
 
 logger = logging.getLogger("deepcache")
 
@@ -24,8 +24,8 @@ _TIMESTEPS_SAMPLERS = ("ddim", "ddim_cfgpp", "plms")
 def pass_identity(p: Any, args: ScriptArgs) -> tuple[str, DeepCacheParams]:
     """The pass about to sample: its name in the infotext and its parameters."""
     if getattr(p, "is_hr_pass", False):
-        return "hires", args.hires_pass()
-    return "first pass", args.first
+        return HIRES_PASS, args.hires_pass()
+    return FIRST_PASS, args.first
 
 
 def requested_steps(p: Any) -> int:

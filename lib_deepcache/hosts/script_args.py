@@ -41,6 +41,9 @@ SHARED_WITH_HIRES = (
 INFOTEXT_KEY = "DeepCache"
 INFOTEXT_HIRES_KEY = "DeepCache hires"
 INFOTEXT_STEPS_KEY = "DeepCache steps"
+# pass names, in the counts' infotext and for the intervals ``auto`` ran at
+FIRST_PASS = "first pass"
+HIRES_PASS = "hires"
 
 
 @dataclass(frozen=True)
@@ -130,15 +133,21 @@ class ScriptArgs:
         return [values[name] for name in ARG_NAMES]
 
     # ----------------------------------------------------------------- infotext
-    def infotext(self, hires_fix: bool) -> dict[str, str]:
-        """Keys for the generation info; nothing at all when DeepCache is off."""
+    def infotext(
+        self, hires_fix: bool, ran_intervals: Mapping[str, Sequence[int]] | None = None
+    ) -> dict[str, str]:
+        """Keys for the generation info; nothing at all when DeepCache is off.
+        ``ran_intervals``: per pass name (``first pass``, ``hires``), what an ``auto`` interval
+        ran at; written once the passes ran, so the infotext says ``interval 2 (auto)``."""
         if not self.enabled:
             return {}
-        text = {INFOTEXT_KEY: self.first.to_infotext()}
+        ran = ran_intervals or {}
+        text = {INFOTEXT_KEY: self.first.to_infotext(ran.get(FIRST_PASS, ()))}
         if hires_fix:
             hires = self.hires_pass()
+            interval = hires.interval_infotext(ran.get(HIRES_PASS, ()))
             text[INFOTEXT_HIRES_KEY] = (
-                f"interval {hires.interval}, depth {hires.depth}" if hires.enabled else "off"
+                f"interval {interval}, depth {hires.depth}" if hires.enabled else "off"
             )
         return text
 

@@ -20,18 +20,30 @@ logger = logging.getLogger("deepcache")
 
 ElemId = Callable[[str], str]
 
+# The interval sliders' labels name their 0: the WebUI saves each slider's value, minimum and
+# maximum under its label (ui-config.json), so under the old labels ("Cache interval", 1-10,
+# default 3) an existing install would never show auto.
+INTERVAL_LABEL = "Cache interval (0 = auto)"
+HIRES_INTERVAL_LABEL = "Hires cache interval (0 = auto)"
+# under the interval slider: what auto does (docs/quality.md "Per-model defaults")
+AUTO_INFO = "auto: 3 on SD1.x/2.x, 2 on SDXL"
+
 
 def build_controls(elem_id: ElemId, is_img2img: bool) -> list[Any]:
     """The accordion's controls, one per name of :data:`ARG_NAMES`, in that order."""
     defaults = ScriptArgs.defaults()
     first, hires = defaults.first, defaults.hires
 
-    def slider(name: str, label: str, low: float, high: float, step: float, value: float) -> Any:
-        return gr.Slider(low, high, value=value, step=step, label=label, elem_id=elem_id(name))
+    def slider(
+        name: str, label: str, low: float, high: float, step: float, value: float, **extra: Any
+    ) -> Any:
+        return gr.Slider(
+            low, high, value=value, step=step, label=label, elem_id=elem_id(name), **extra
+        )
 
     with _accordion(elem_id) as enabled:
         with gr.Row():
-            interval = slider("interval", "Cache interval", 1, 10, 1, first.interval)
+            interval = slider("interval", INTERVAL_LABEL, 0, 10, 1, first.interval, info=AUTO_INFO)
             depth = slider("depth", "Cache depth", 0, MAX_DEPTH, 1, first.depth)
         with gr.Row():
             start = slider("start", "Cache start", 0.0, 1.0, 0.01, first.start)
@@ -56,7 +68,7 @@ def build_controls(elem_id: ElemId, is_img2img: bool) -> list[Any]:
             )
             with gr.Row():
                 hires_interval = slider(
-                    "hires_interval", "Hires cache interval", 1, 10, 1, hires.interval
+                    "hires_interval", HIRES_INTERVAL_LABEL, 0, 10, 1, hires.interval
                 )
                 hires_depth = slider(
                     "hires_depth", "Hires cache depth", 0, MAX_DEPTH, 1, hires.depth

@@ -82,6 +82,19 @@ def test_disabled_is_bit_identical_to_plain_and_enabled_differs(host: HostServer
     _DEFAULT_MODE_IMAGES[host.name] = on.images[0]
 
 
+def test_auto_interval_runs_the_models_own_and_says_which(host: HostServer) -> None:
+    """The default interval, auto (also sent as 0): the SD 1.x e2e model runs interval 3, the
+    image is interval 3's bit for bit, and the infotext written after the pass says
+    ``interval 3 (auto)`` (docs/quality.md "Per-model defaults"; SDXL in test_sdxl.py)."""
+    three = host.txt2img(base_payload(host, alwayson_scripts=deepcache(interval=3)))
+    for auto in (deepcache(), deepcache(interval=0), deepcache(interval="auto")):
+        result = host.txt2img(base_payload(host, alwayson_scripts=auto))
+        assert max_abs_diff(three.images[0], result.images[0]) == 0
+        want = DC_TEXT.replace("interval 3,", "interval 3 (auto),")
+        assert result.fields().get("DeepCache") == want, result.infotexts[0]
+        assert result.counts() == DC_COUNTS_12
+
+
 def test_forecast_changes_only_what_cached_steps_splice(host: HostServer) -> None:
     """Forecast 1: the same steps run full and cached as plain DeepCache (so the same FLOPs),
     the infotext says so, and the image differs, since every cached step after the second
@@ -319,7 +332,8 @@ def test_positional_and_dict_args_give_the_same_image(host: HostServer) -> None:
 
 
 BAD_ARGS = {
-    "interval-zero": ([{"enabled": True, "interval": 0}], "interval"),
+    "interval-negative": ([{"enabled": True, "interval": -1}], "interval"),
+    "interval-unknown-word": ([{"enabled": True, "interval": "fast"}], "interval"),
     "depth-not-a-number": ([{"enabled": True, "depth": "x"}], "depth"),
     "depth-too-deep": ([{"enabled": True, "depth": 12}], "depth"),
     "unknown-schedule": ([{"enabled": True, "schedule": "sometimes"}], "schedule"),

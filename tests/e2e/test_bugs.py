@@ -236,7 +236,7 @@ def check_xyz_axes(host) -> None:
     written = {result.fields(i).get("DeepCache") for i in range(len(result.infotexts))}
     assert "interval 2, depth 0, start 0%, end 100%, uniform, min steps 8" in written
     assert "interval 3, depth 0, start 0%, end 100%, uniform, min steps 8" in written
-    for values, named in (("0, 3", "interval"), ("2, abc", "abc")):
+    for values, named in (("-1, 3", "interval"), ("2, abc", "abc")):
         mark = host.log_mark()
         request = xyz_request(host, "[DeepCache] Interval", values)
         status, body = host.post("/sdapi/v1/txt2img", request)

@@ -109,6 +109,18 @@ def test_sdxl_layout_checkpoint_caches_and_clamps_depth(a1111: HostServer) -> No
         assert max_abs_diff(plain.images[0], deepest.images[0]) > 0
         assert max_abs_diff(cached.images[0], deepest.images[0]) > 0
 
+        # auto, the default interval, runs SDXL's own: interval 2 (docs/quality.md "Per-model
+        # defaults"): full at 0, 2, ..., 10 of 12, interval 2's image bit for bit
+        two = a1111.txt2img(xl_payload(a1111, alwayson_scripts=deepcache(interval=2)))
+        auto = a1111.txt2img(xl_payload(a1111, alwayson_scripts=deepcache()))
+        fields = assert_ran_on_xl(auto, model_hash)
+        assert fields.get("DeepCache") == (
+            "interval 2 (auto), depth 0, start 0%, end 100%, uniform, min steps 8"
+        )
+        assert parse_counts(fields["DeepCache steps"]) == (6, 6), auto.infotexts[0]
+        assert max_abs_diff(two.images[0], auto.images[0]) == 0
+        assert max_abs_diff(cached.images[0], auto.images[0]) > 0
+
         # A request without the override loads the default checkpoint again, same weights.
         sd1_after = a1111.txt2img(base_payload(a1111))
         assert sd1_after.fields().get("Model") == sd1_before.fields().get("Model")

@@ -104,7 +104,9 @@ def test_accordion_ticks_and_generates_with_deepcache_in_the_infotext(host, brow
     )
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / f"ui-{host.name}-txt2img.png"))
-    assert 'DeepCache: "interval 3, depth 0, start 0%, end 100%, uniform, min steps 8"' in info
+    # the slider's default, 0 = auto, ran as interval 3 on the SD 1.x model
+    want = "interval 3 (auto), depth 0, start 0%, end 100%, uniform, min steps 8"
+    assert f'DeepCache: "{want}"' in info
     assert "DeepCache steps: 4 full / 8 cached" in info
 
 

@@ -13,10 +13,10 @@ ON = DeepCacheParams(enabled=True, interval=2, min_steps=0)  # these passes are 
 CONTEXT = unet_config("sd15", 32)["context_dim"]
 
 
-def call(unet, t, batch=2, size=16):
+def call(unet, t, batch=2, size=16, context_dim=CONTEXT):
     x = torch.randn(batch, 4, size, size)
     with torch.no_grad():
-        unet(x, torch.full((batch,), float(t)), context=torch.randn(batch, 77, CONTEXT))
+        unet(x, torch.full((batch,), float(t)), context=torch.randn(batch, 77, context_dim))
 
 
 def test_each_pass_gets_a_fresh_session_and_cache():
@@ -78,6 +78,23 @@ def test_min_steps_compares_the_requested_steps_not_the_executed_ones():
     assert run.begin_pass(unet, PassPlan("first pass", params, 3, None, 12)) is not None
     run.close()
     assert run.begin_pass(unet, PassPlan("first pass", params, 3, None, 3)) is None
+
+
+def test_auto_records_the_interval_each_pass_ran_at():
+    """A generation's record of what ``auto`` became: per pass, per session (a refiner of
+    another layout takes over mid-pass with its own); a pass that ran no step records none."""
+    sd15, sdxl = build_unet("sd15", width=32), build_unet("sdxl", width=32)
+    auto = DeepCacheParams(enabled=True, min_steps=0)
+    run = GenerationRun()
+    run.begin_pass(sdxl, PassPlan("first pass", auto, 4, [999.0, 750.0, 500.0, 250.0]))
+    for t in (999, 750):
+        call(sdxl, t, context_dim=unet_config("sdxl", 32)["context_dim"])
+    run.follow_unet(sd15)
+    for t in (500, 250):
+        call(sd15, t)
+    run.begin_pass(sd15, PassPlan("hires", auto, 2))  # begun, never ran
+    run.close()
+    assert run.ran_intervals() == {"first pass": [2, 3], "hires": []}
 
 
 def test_model_swap_moves_the_hooks_and_restores_the_old_unet():

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lib_deepcache.engine.params import DeepCacheParamError, DeepCacheParams
+from lib_deepcache.engine.params import AUTO_INTERVAL, DeepCacheParamError, DeepCacheParams
 
 
-def test_defaults_are_off_and_the_papers_interval():
+def test_defaults_are_off_and_the_models_own_interval():
     params = DeepCacheParams()
-    assert (params.enabled, params.interval, params.depth) == (False, 3, 0)
+    assert (params.enabled, params.interval, params.depth) == (False, AUTO_INTERVAL, 0)
     assert (params.start, params.end, params.schedule) == (0.0, 1.0, "uniform")
     assert (params.threshold, params.max_cached) == (0.15, 4)
 
@@ -53,7 +53,9 @@ def test_json_style_values_are_accepted():
 @pytest.mark.parametrize(
     ("values", "field", "allowed"),
     [
-        ({"interval": 0}, "interval", "1 to 1000"),
+        ({"interval": -1}, "interval", "1 to 1000, or 0 / auto"),
+        ({"interval": 1001}, "interval", "1 to 1000, or 0 / auto"),
+        ({"interval": "automatic"}, "interval", "1 to 1000, or 0 / auto"),
         ({"interval": 2.5}, "interval", "integer"),
         ({"interval": True}, "interval", "integer"),
         ({"interval": "three"}, "interval", "integer"),
@@ -98,7 +100,9 @@ def test_too_many_positional_values_are_refused():
             "interval 4, depth 2, start 10%, end 85%, non-uniform",
         ),
         (
-            DeepCacheParams(True, schedule="adaptive", threshold=0.25, max_cached=5, min_steps=0),
+            DeepCacheParams(
+                True, 3, schedule="adaptive", threshold=0.25, max_cached=5, min_steps=0
+            ),
             "interval 3, depth 0, start 0%, end 100%, adaptive, threshold 0.25, max cached 5",
         ),
         (
@@ -109,13 +113,52 @@ def test_too_many_positional_values_are_refused():
             DeepCacheParams(True, 3, 0, min_steps=10),
             "interval 3, depth 0, start 0%, end 100%, uniform, min steps 10",
         ),
+        (
+            DeepCacheParams(True, min_steps=8),
+            "interval auto, depth 0, start 0%, end 100%, uniform, min steps 8",
+        ),
     ],
-    ids=["non-uniform", "adaptive", "forecast", "min-steps"],
+    ids=["non-uniform", "adaptive", "forecast", "min-steps", "auto"],
 )
 def test_infotext_round_trip(params, text):
     assert params.to_infotext() == text
     assert DeepCacheParams.from_infotext(text) == params
     assert DeepCacheParams.from_infotext(f'"{text}"') == params
+
+
+@pytest.mark.parametrize("value", [0, "0", "auto", " Auto ", 0.0])
+def test_interval_zero_or_auto_means_the_models_own(value):
+    assert DeepCacheParams(True, value).interval == AUTO_INTERVAL
+
+
+@pytest.mark.parametrize(
+    ("num_blocks", "interval"),
+    # docs/quality.md "Per-model defaults": SD1.x/2.x (12 input blocks) 3, SDXL (9) 2; the
+    # SDXL refiner has 12 input blocks, the SD1.x layout
+    [(12, 3), (9, 2)],
+)
+def test_auto_resolves_per_layout_and_leaves_a_number_alone(num_blocks, interval):
+    auto = DeepCacheParams(True, "auto", 1, forecast=0.5)
+    assert auto.resolved(num_blocks) == DeepCacheParams(True, interval, 1, forecast=0.5)
+    assert DeepCacheParams(True, 4).resolved(num_blocks).interval == 4
+
+
+@pytest.mark.parametrize(
+    ("ran", "written"),
+    [
+        ((), "interval auto"),
+        ((2,), "interval 2 (auto)"),
+        ((2, 2), "interval 2 (auto)"),
+        ((2, 3), "interval 2/3 (auto)"),
+    ],
+)
+def test_the_infotext_of_auto_says_what_ran_and_pastes_back_auto(ran, written):
+    params = DeepCacheParams(True, "auto", min_steps=0)
+    text = params.to_infotext(ran)
+    assert text == f"{written}, depth 0, start 0%, end 100%, uniform"
+    assert DeepCacheParams.from_infotext(text) == params
+    # a number is a number, whatever ran
+    assert DeepCacheParams(True, 4).to_infotext((2,)).startswith("interval 4, ")
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,36 @@ def test_depth_beyond_the_unet_is_clamped_to_its_deepest_branch(arch):
     assert not torch.equal(samples[8], samples[7])
 
 
+@pytest.mark.parametrize(
+    ("arch", "interval", "counts"),
+    # 6 steps; interval 3: full at 0, 3; interval 2: full at 0, 2, 4 (worked by hand)
+    [
+        ("sd15", 3, (2, 4)),
+        ("sd21", 3, (2, 4)),
+        ("sdxl", 2, (3, 3)),
+        ("diffusers-sd15", 3, (2, 4)),
+        ("diffusers-sdxl", 2, (3, 3)),
+    ],
+)
+def test_auto_runs_the_layouts_own_interval(arch, interval, counts, caplog):
+    """docs/quality.md "Per-model defaults": SD1.x/2.x interval 3, SDXL interval 2; ``auto``
+    samples exactly what the explicit interval samples, and the session says which it ran."""
+    rig = make_rig(arch, width=32, seed=5)
+    samples, stats = {}, {}
+    for value in ("auto", interval):
+        params = DeepCacheParams(enabled=True, interval=value, min_steps=0)
+        with (
+            caplog.at_level(logging.INFO, logger="deepcache"),
+            DeepCacheSession(rig.unet, params, 6) as session,
+        ):
+            samples[value], _ = rig.sample("euler", 6, batch=1)
+        stats[value] = (session.params.interval, session.stats.interval)
+        assert (session.stats.full_steps, session.stats.cached_steps) == counts
+    assert stats == {"auto": (interval, interval), interval: (interval, interval)}
+    assert torch.equal(samples["auto"], samples[interval])
+    assert f"interval auto = {interval} for a UNet with" in caplog.text
+
+
 def test_stats_report_the_flop_saving(rig):
     with DeepCacheSession(rig.unet, ON, 6) as session:
         rig.sample("euler", 6, batch=1)

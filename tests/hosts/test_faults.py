@@ -48,7 +48,7 @@ BAD_VALUES = {
     "string for a number": "fast",
 }
 OUT_OF_RANGE = {
-    "interval": 0,
+    "interval": 1001,
     "depth": 12,
     "start": 1.5,
     "end": -0.1,

@@ -45,7 +45,7 @@ def test_hires_pass_shares_window_and_schedule():
 @pytest.mark.parametrize(
     ("args", "field"),
     [
-        ([True, 3, 0, 0, 1, "uniform", True, 0], "hires_interval"),
+        ([True, 3, 0, 0, 1, "uniform", True, -1], "hires_interval"),
         ([{"hires": {"depth": 20}}], "hires_depth"),
         ([{"hires": {"speed": 1}}], "hires.speed"),
         ([{"hires": 5}], "hires"),

@@ -17,13 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 LABELS = [
     "Enable DeepCache",
-    "Cache interval",
+    "Cache interval (0 = auto)",
     "Cache depth",
     "Cache start",
     "Cache end",
     "Refresh schedule",
     "Cache the hires fix pass",
-    "Hires cache interval",
+    "Hires cache interval (0 = auto)",
     "Hires cache depth",
 ]
 

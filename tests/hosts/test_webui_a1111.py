@@ -119,6 +119,22 @@ def test_infotext_round_trip_restores_every_control(host):
     assert [pasted[c] for c, _ in script.infotext_fields] == values
 
 
+def test_auto_interval_writes_what_ran_and_pastes_back_auto(host):
+    """Interval 0 (auto) on an SDXL model runs interval 2 in both passes; the infotext, written
+    after the passes ran, says so, and pasting it back sets the controls to auto again."""
+    shared.sd_model = LatentDiffusion("sdxl", width=32, seed=0, name="xl")
+    values = [True, 0, 0, 0.0, 1.0, "uniform", True, 0, 0, 0.15, 4, 0.0, 0]
+    _, processed = txt2img(host, values, enable_hr=True, hr_second_pass_steps=4)
+    fields = info(processed)
+    # interval 2: first pass full at 0, 2, 4, 6, 8 of 9; hires at 0, 2 of 4 (worked by hand)
+    assert fields["DeepCache"] == "interval 2 (auto), depth 0, start 0%, end 100%, uniform"
+    assert fields["DeepCache hires"] == "interval 2 (auto), depth 0"
+    assert fields["DeepCache steps"] == "first pass 5 full / 4 cached; hires 2 full / 2 cached"
+    script = host["txt2img"].alwayson_scripts[0]
+    pasted = paste(script.infotext_fields, fields)
+    assert [pasted[c] for c, _ in script.infotext_fields] == values
+
+
 def test_pasting_an_image_made_without_deepcache_turns_it_off(host):
     _, processed = txt2img(host)
     script = host["txt2img"].alwayson_scripts[0]
