@@ -232,10 +232,10 @@ def xyz_request(host, x_label: str, x_values: str) -> dict:
 def check_xyz_axes(host) -> None:
     if host.name == "sdnext":
         pytest.skip("SD.Next's XYZ Grid script takes other args; its axes are added the same way")
-    result = host.txt2img(xyz_request(host, "[DeepCache] Interval", "2, 3"))
+    result = host.txt2img(xyz_request(host, "[DeepCache] Interval", "0, 2, 3"))
     written = {result.fields(i).get("DeepCache") for i in range(len(result.infotexts))}
-    assert "interval 2, depth 0, start 0%, end 100%, uniform, min steps 8" in written
-    assert "interval 3, depth 0, start 0%, end 100%, uniform, min steps 8" in written
+    for interval in ("3 (auto)", "2", "3"):  # 0 = auto: the SD 1.x model's own, 3
+        assert f"interval {interval}, depth 0, start 0%, end 100%, uniform, min steps 8" in written
     for values, named in (("-1, 3", "interval"), ("2, abc", "abc")):
         mark = host.log_mark()
         request = xyz_request(host, "[DeepCache] Interval", values)
