@@ -9,16 +9,15 @@ per request, and the host's log of each request.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.e2e.checks import assert_clean_log, mean_abs_diff
 from tests.e2e.hostctl import HostServer
 from tests.e2e.payloads import (
-    Result,
     base_payload,
     deepcache,
     max_abs_diff,
@@ -31,13 +30,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.host_state(controlnet=True)]
 DC_COUNTS_12 = (4, 8)  # interval 3 over 12 steps: full at 0, 3, 6, 9
 # img2img at strength 0.5 of 12 steps executes 7 on A1111 and Forge: full at 0, 3, 6
 IMG2IMG_COUNTS = (3, 4)
-# Host lines that are not about ControlNet or DeepCache: A1111 and Forge log the first one per
-# request; A1111 logs the second when it loads a checkpoint (its text encoder, through
-# huggingface_hub), followed by Python's "  warnings.warn(" source line.
-HOST_OWN_WARNINGS = (
-    'Sampler Scheduler autocorrection: "Euler" -> "Euler"',
-    "FutureWarning: `resume_download` is deprecated",
-)
 
 
 @dataclass(frozen=True)
@@ -109,22 +101,6 @@ def request(host: HostServer, weight: float | None, dc: dict[str, Any] | None, *
     if dc is not None:
         scripts.update(deepcache(**dc))
     return base_payload(host, **setup.payload, alwayson_scripts=scripts, **extra)
-
-
-def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
-
-
-def assert_clean_log(result: Result) -> None:
-    """No warning, error or traceback in the host's log while the request ran."""
-    bad = [
-        line
-        for line in result.log.splitlines()
-        if re.search(r"warn|error|traceback|exception", line, re.IGNORECASE)
-        and not any(own in line for own in HOST_OWN_WARNINGS)
-        and line.strip() != "warnings.warn("
-    ]
-    assert not bad, "\n".join(bad)
 
 
 def test_control_is_applied_on_cached_steps_too(host: HostServer, record_property) -> None:

@@ -1,0 +1,101 @@
+"""HyperTile beside DeepCache in the real AUTOMATIC1111 (issue #15).
+
+A1111 1.10's built-in HyperTile extension tiles the first self-attention of chosen transformer
+blocks: at depth 0 those of input blocks 1-2 and output blocks 9-11, which a cached step at
+depth 0 still runs (output block 11). It patches those attention layers once, by instance
+``forward``, and leaves them patched; DeepCache wraps whole blocks per pass, so both stack.
+
+Its settings exist only when the UI is built (they register in ``on_ui_settings``): the host
+runs with ``--ui`` here. The tiling needs enough latent: the tile is at least 128 px (16
+latent pixels), split from the image side's divisors, so 256 px with a 128 px tile gives 2x2
+tiles at depth 0, and 64-128 px gives one tile (no change at all). Swap size 1 leaves one
+choice per layer, so the tiling is the same whatever number of calls DeepCache skips (with the
+default 3 a random pick per call would make cached and uncached runs tile differently).
+
+Oracles: the host's own images (HyperTile off vs on; DeepCache at interval 1 must give
+HyperTile's image bit for bit), hand-computed step counts and the host's log per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.e2e.checks import assert_clean_log, mean_abs_diff
+from tests.e2e.hostctl import HostServer
+from tests.e2e.payloads import base_payload, deepcache, max_abs_diff
+
+pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
+
+SIZE = 256
+HYPERTILE = {
+    "hypertile_enable_unet": True,
+    "hypertile_max_depth_unet": 3,
+    "hypertile_max_tile_unet": 128,
+    "hypertile_swap_size_unet": 1,
+    "hypertile_enable_vae": False,
+}
+DC_COUNTS_12 = (4, 8)  # interval 3 over 12 steps: full at 0, 3, 6, 9
+
+
+def request(
+    host: HostServer, hypertile: bool, dc: dict[str, Any] | None, **extra: Any
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {"width": SIZE, "height": SIZE, **extra}
+    if hypertile:
+        payload["override_settings"] = dict(HYPERTILE)
+    if dc is not None:
+        payload["alwayson_scripts"] = deepcache(**dc)
+    return base_payload(host, **payload)
+
+
+def test_hypertile_stacks_with_deepcache(a1111: HostServer, record_property) -> None:
+    """HyperTile changes the image at this size; with DeepCache the counts are DeepCache's and
+    the image is neither DeepCache's alone nor HyperTile's alone; DeepCache at interval 1 gives
+    HyperTile's image bit for bit."""
+    plain = a1111.txt2img(request(a1111, False, None))
+    tiled = a1111.txt2img(request(a1111, True, None))
+    alone = a1111.txt2img(request(a1111, False, {"interval": 3}))
+    both = a1111.txt2img(request(a1111, True, {"interval": 3}))
+    every_step = a1111.txt2img(request(a1111, True, {"interval": 1}))
+    assert max_abs_diff(plain.images[0], tiled.images[0]) > 0, "HyperTile changed nothing"
+    assert alone.counts() == both.counts() == DC_COUNTS_12, both.infotexts[0]
+    assert both.sampler_runs == [12], both.log[-2000:]
+    assert max_abs_diff(both.images[0], alone.images[0]) > 0
+    assert max_abs_diff(both.images[0], tiled.images[0]) > 0
+    assert every_step.counts() == (12, 0)
+    assert max_abs_diff(every_step.images[0], tiled.images[0]) == 0
+    # measured on every run, kept in the JUnit report (artifacts/e2e.xml in CI)
+    record_property(
+        "distance_to_uncached_hypertile", round(mean_abs_diff(both.images[0], tiled.images[0]), 2)
+    )
+    record_property(
+        "distance_to_deepcache_alone", round(mean_abs_diff(both.images[0], alone.images[0]), 2)
+    )
+    for result in (tiled, both, every_step):
+        assert_clean_log(result)
+
+
+def test_hypertile_in_the_hires_pass_with_deepcache(a1111: HostServer) -> None:
+    """128 px first pass (one tile: HyperTile idle), 2x hires to 256 px (2x2 tiles): both passes
+    cached and counted against the host's progress bars; HyperTile changes only the hires pass,
+    so with DeepCache the image differs from DeepCache alone."""
+    hires = {
+        "enable_hr": True,
+        "hr_scale": 2,
+        "hr_upscaler": "Latent",
+        "hr_second_pass_steps": 8,
+        "denoising_strength": 0.5,
+    }
+    half = SIZE // 2
+    alone = a1111.txt2img(request(a1111, False, {"interval": 3}, width=half, height=half, **hires))
+    both = a1111.txt2img(request(a1111, True, {"interval": 3}, width=half, height=half, **hires))
+    assert both.images[0].shape == (SIZE, SIZE, 3)
+    runs = both.sampler_runs
+    assert runs == [12, 8], both.log[-3000:]
+    # hires interval 2 over 8 steps: full at 0, 2, 4, 6
+    want = {"first pass": DC_COUNTS_12, "hires": (4, 4)}
+    assert both.counts() == alone.counts() == want, both.infotexts[0]
+    assert max_abs_diff(both.images[0], alone.images[0]) > 0
+    assert_clean_log(both)
