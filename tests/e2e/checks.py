@@ -11,10 +11,12 @@ from .payloads import Result
 
 # Host lines that are not about DeepCache or the feature beside it: A1111 and Forge log the first
 # one per request; A1111 logs the second when it loads a checkpoint (its text encoder, through
-# huggingface_hub), followed by Python's "  warnings.warn(" source line.
+# huggingface_hub), followed by Python's "  warnings.warn(" source line; SD.Next's DEBUG line
+# of memory statistics after each generation holds the third on a machine without a GPU.
 HOST_OWN_WARNINGS = (
     'Sampler Scheduler autocorrection: "Euler" -> "Euler"',
     "FutureWarning: `resume_download` is deprecated",
+    "'error': 'Found no NVIDIA driver on your system.",
 )
 
 

@@ -1,4 +1,4 @@
-"""HyperTile beside DeepCache in the real AUTOMATIC1111 (issue #15).
+"""HyperTile beside DeepCache in the real AUTOMATIC1111 and SD.Next (issue #15).
 
 A1111 1.10's built-in HyperTile extension tiles the first self-attention of chosen transformer
 blocks: at depth 0 those of input blocks 1-2 and output blocks 9-11, which a cached step at
@@ -11,6 +11,11 @@ latent pixels), split from the image side's divisors, so 256 px with a 128 px ti
 tiles at depth 0, and 64-128 px gives one tile (no change at all). Swap size 1 leaves one
 choice per layer, so the tiling is the same whatever number of calls DeepCache skips (with the
 default 3 a random pick per call would make cached and uncached runs tile differently).
+
+SD.Next has its own HyperTile (settings ``hypertile_unet_*``): a context around each generation
+that wraps every self-attention layer of the diffusers UNet and unwraps it afterwards. Its tiles
+follow its tile-size settings down to 8 px of latent, so 64 px with 16 px tiles gives 4x4 tiles
+of the full-resolution attention.
 
 Oracles: the host's own images (HyperTile off vs on; DeepCache at interval 1 must give
 HyperTile's image bit for bit), hand-computed step counts and the host's log per request.
@@ -99,3 +104,39 @@ def test_hypertile_in_the_hires_pass_with_deepcache(a1111: HostServer) -> None:
     assert both.counts() == alone.counts() == want, both.infotexts[0]
     assert max_abs_diff(both.images[0], alone.images[0]) > 0
     assert_clean_log(both)
+
+
+SDNEXT_HYPERTILE = {
+    "hypertile_unet_enabled": True,
+    "hypertile_unet_tile": 16,
+    "hypertile_unet_min_tile": 16,
+    "hypertile_unet_swap_size": 1,
+    "hypertile_unet_depth": 0,
+}
+
+
+def test_sdnext_hypertile_stacks_with_deepcache(sdnext: HostServer) -> None:
+    """SD.Next's HyperTile at 64 px with 16 px tiles: it changes the image; with DeepCache the
+    counts are DeepCache's and the image is neither DeepCache's alone nor HyperTile's alone;
+    DeepCache at interval 1 gives HyperTile's image bit for bit."""
+
+    def run(hypertile: bool, dc: dict[str, Any] | None):
+        payload: dict[str, Any] = {}
+        if hypertile:
+            payload["override_settings"] = dict(SDNEXT_HYPERTILE)
+        if dc is not None:
+            payload["alwayson_scripts"] = deepcache(**dc)
+        return sdnext.txt2img(base_payload(sdnext, **payload))
+
+    plain, tiled = run(False, None), run(True, None)
+    alone, both = run(False, {"interval": 3}), run(True, {"interval": 3})
+    every_step = run(True, {"interval": 1})
+    assert max_abs_diff(plain.images[0], tiled.images[0]) > 0, "HyperTile changed nothing"
+    assert "Hypertile UNet" in both.fields(), both.infotexts[0]
+    assert alone.counts() == both.counts() == DC_COUNTS_12, both.infotexts[0]
+    assert max_abs_diff(both.images[0], alone.images[0]) > 0
+    assert max_abs_diff(both.images[0], tiled.images[0]) > 0
+    assert every_step.counts() == (12, 0)
+    assert max_abs_diff(every_step.images[0], tiled.images[0]) == 0
+    for result in (tiled, both, every_step):
+        assert_clean_log(result)

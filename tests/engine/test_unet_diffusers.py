@@ -117,6 +117,45 @@ def test_matches_the_helper_with_controlnet_residuals(sd15):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_freeu_reaches_cached_steps_through_the_stored_feature():
+    """diffusers' FreeU (what SD.Next's FreeU option turns on, ``enable_freeu``) scales the first
+    two up blocks, which a cached step at depth 0 skips: DeepCache at interval 1 is FreeU alone
+    step for step; at interval 3 the outputs are FreeU's on the full steps and those of a run
+    whose FreeU is off on every cached step, exactly (FreeU acts there through the stored
+    feature only); and FreeU changes DeepCache's outputs."""
+    unet = build_diffusers_unet("sd15", width=WIDTH, seed=3)
+    freeu = {"s1": 0.9, "s2": 0.2, "b1": 1.5, "b2": 1.6}
+    plain = denoise(unet)
+    alone, _ = with_engine(unet, DeepCacheParams(True, 3, 0))
+    unet.enable_freeu(**freeu)
+    with_freeu = denoise(unet)
+    every_step, _ = with_engine(unet, DeepCacheParams(True, 1, 0))
+    both, stats = with_engine(unet, DeepCacheParams(True, 3, 0))
+    full = {0, 3, 6, 9}  # interval 3 over 10 steps (worked by hand)
+    assert (stats.full_steps, stats.cached_steps) == (len(full), STEPS - len(full))
+    calls = []
+
+    def freeu_on_full_steps_only(module, args):
+        if len(calls) in full:
+            unet.enable_freeu(**freeu)
+        else:
+            unet.disable_freeu()
+        calls.append(1)
+
+    hook = unet.register_forward_pre_hook(freeu_on_full_steps_only)
+    try:
+        off_when_cached, _ = with_engine(unet, DeepCacheParams(True, 3, 0))
+    finally:
+        hook.remove()
+        unet.disable_freeu()
+    assert not torch.equal(plain[-1], with_freeu[-1]), "FreeU changed nothing"
+    for step in range(STEPS):
+        assert torch.equal(every_step[step], with_freeu[step]), step
+        assert torch.equal(both[step], off_when_cached[step]), step
+    assert torch.equal(both[0], with_freeu[0])
+    assert not torch.equal(both[-1], alone[-1])
+
+
 @pytest.mark.parametrize("depth", [0, 2, 4, 8])
 def test_sdxl_shape_matches_the_authors_helper(sdxl, depth):
     """Three units per SDXL down block too, so branch = block * 3 + layer still holds."""

@@ -1,0 +1,102 @@
+"""SD.Next's control pipeline with a ControlNet beside DeepCache, in its Control tab (issue #15).
+
+SD.Next runs ControlNet as a diffusers ``StableDiffusionControlNetPipeline`` around the same UNet
+object, which receives the ControlNet's residuals as ``down_block_additional_residuals`` and
+``mid_block_additional_residual`` on every call. Its ``/sdapi/v1/control`` API drops
+``alwayson_scripts``, so no extension script can be asked for there; the Control tab runs ours,
+driven here over the tab's gradio events (:mod:`tests.e2e.control_tab`; the host runs with
+``--ui``). The ControlNet is random and seeded, made from the e2e model's UNet by
+tools/hosts/make_diffusers_controlnet.py at build time.
+
+Oracles: the tab's own images (strength 0 must give DeepCache's image, DeepCache at interval 1
+ControlNet's, bit for bit), hand-computed step counts, measured image distances and the host's
+log per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from tests.e2e.checks import assert_clean_log, mean_abs_diff
+from tests.e2e.control_tab import ControlTab
+from tests.e2e.hostctl import HostServer
+from tests.e2e.payloads import max_abs_diff
+
+pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
+
+CONTROLNET = "deepcache-test-cn"
+DC_TEXT = "interval 3, depth 0, start 0%, end 100%, uniform, min steps 8"
+DC_COUNTS_12 = (4, 8)  # interval 3 over 12 steps: full at 0, 3, 6, 9
+# diffusers' ControlNet pipeline applies a unit on step i of 12 when i / 12 >= start and
+# (i + 1) / 12 <= end: [0.05, 0.25] holds steps 1 and 2, both cached at interval 3.
+CACHED_WINDOW = (0.05, 0.25)
+
+
+@pytest.fixture
+def tab(sdnext: HostServer) -> Iterator[ControlTab]:
+    """The Control tab with the control image set, saving lossless PNGs (their ``parameters``
+    chunk is the infotext; SD.Next's default JPEG is 10 levels off on average at 64 px)."""
+    status, options = sdnext.get("/sdapi/v1/options")
+    assert status == 200 and isinstance(options, dict), options
+    saved = options.get("samples_format")
+    sdnext.post("/sdapi/v1/options", {"samples_format": "png"})
+    try:
+        tab = ControlTab(sdnext)
+        image = np.zeros((64, 64, 3), dtype=np.uint8)
+        image[16:48, 16:48] = 255  # a white square on black
+        tab.set_control_image(image)
+        yield tab
+    finally:
+        sdnext.post("/sdapi/v1/options", {"samples_format": saved})
+
+
+def test_control_pipeline_with_deepcache(tab: ControlTab, record_property) -> None:
+    """Counts and infotext; the control steers cached steps too: nearer the uncached ControlNet
+    image than the DeepCache image without it, and a unit active only on two cached steps changes
+    the DeepCache image."""
+    tab.set_unit(CONTROLNET)
+    control = tab.generate(None)
+    both = tab.generate({"enabled": True, "interval": 3})
+    tab.set_unit("None")
+    alone = tab.generate({"enabled": True, "interval": 3})
+    for result in (control, both, alone):
+        assert len(result.images) == 1
+        assert_clean_log(result)
+    fields = both.fields()
+    assert fields.get("DeepCache") == DC_TEXT, both.infotexts[0]
+    assert both.counts() == alone.counts() == DC_COUNTS_12
+    assert CONTROLNET in both.infotexts[0]
+    assert both.log.count("DeepCache: 4 full / 8 cached steps") == 1, both.log[-3000:]
+    to_control = mean_abs_diff(both.images[0], control.images[0])
+    to_alone = mean_abs_diff(both.images[0], alone.images[0])
+    record_property("distance_to_uncached_control", round(to_control, 2))
+    record_property("distance_to_deepcache_without_control", round(to_alone, 2))
+    assert to_control < to_alone, (to_control, to_alone)
+
+    tab.set_unit(CONTROLNET, start=CACHED_WINDOW[0], end=CACHED_WINDOW[1])
+    windowed = tab.generate({"enabled": True, "interval": 3})
+    assert windowed.counts() == DC_COUNTS_12
+    assert max_abs_diff(windowed.images[0], alone.images[0]) > 0
+    assert_clean_log(windowed)
+
+
+def test_strength_zero_is_deepcache_alone_and_interval_one_is_control_alone(
+    tab: ControlTab,
+) -> None:
+    tab.set_unit("None")
+    alone = tab.generate({"enabled": True, "interval": 3})
+    tab.set_unit(CONTROLNET, strength=0.0)
+    zero = tab.generate({"enabled": True, "interval": 3})
+    assert zero.counts() == DC_COUNTS_12
+    assert max_abs_diff(zero.images[0], alone.images[0]) == 0
+
+    tab.set_unit(CONTROLNET)
+    control = tab.generate(None)
+    every_step = tab.generate({"enabled": True, "interval": 1})
+    assert every_step.counts() == (12, 0)
+    assert max_abs_diff(every_step.images[0], control.images[0]) == 0
+    for result in (zero, every_step):
+        assert_clean_log(result)
