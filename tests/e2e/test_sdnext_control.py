@@ -100,3 +100,39 @@ def test_strength_zero_is_deepcache_alone_and_interval_one_is_control_alone(
     assert max_abs_diff(every_step.images[0], control.images[0]) == 0
     for result in (zero, every_step):
         assert_clean_log(result)
+
+
+def test_batch_of_two_with_control(tab: ControlTab) -> None:
+    """Both images counted; image 0 within one level of the single image (ControlNet's own batch
+    rounding, as on A1111 and Forge). The gallery leads with the grid of the two (128x64)."""
+    tab.set_unit(CONTROLNET)
+    single = tab.generate({"enabled": True, "interval": 3})
+    batch = tab.generate({"enabled": True, "interval": 3}, control_batch_size=2)
+    shapes = [image.shape for image in batch.images]
+    assert shapes == [(64, 128, 3), (64, 64, 3), (64, 64, 3)], shapes
+    for i in (1, 2):
+        assert batch.counts(i) == DC_COUNTS_12, batch.infotexts[i]
+    assert max_abs_diff(batch.images[1], single.images[0]) <= 1
+    assert max_abs_diff(batch.images[1], batch.images[2]) > 0
+    assert_clean_log(batch)
+
+
+def test_refine_pass_with_control(tab: ControlTab) -> None:
+    """SD.Next's refine (hires) pass in the control pipeline, 8 steps at strength 0.5 without
+    resizing: both passes cached and counted (hires interval 2: full at 0, 2, 4, 6), and the
+    control changes the refined DeepCache image."""
+    refine = {
+        "control_enable_hr": True,
+        "control_hr_force": True,
+        "control_steps_alt": 8,
+        "control_denoising_strength": 0.5,
+    }
+    tab.set_unit(CONTROLNET)
+    both = tab.generate({"enabled": True, "interval": 3}, **refine)
+    tab.set_unit("None")
+    alone = tab.generate({"enabled": True, "interval": 3}, **refine)
+    want = {"first pass": DC_COUNTS_12, "hires": (4, 4)}
+    assert both.counts() == alone.counts() == want, both.infotexts[0]
+    assert both.sampler_runs == [12, 8], both.log[-3000:]
+    assert max_abs_diff(both.images[0], alone.images[0]) > 0
+    assert_clean_log(both)
