@@ -19,6 +19,7 @@ from tests.e2e.payloads import (
     base_payload,
     deepcache,
     deepcache_positional,
+    latent_hires_2x,
     left_half_mask,
     max_abs_diff,
     noise_image,
@@ -245,13 +246,7 @@ def test_inpainting_caches_and_keeps_the_unmasked_half(host: HostServer) -> None
 def hires_fix(host: HostServer) -> dict[str, Any]:
     """Hires fix at 2x with a latent upscaler and 8 hires steps (the default min_steps: fewer
     would run uncached), in the host's terms."""
-    hires: dict[str, Any] = {
-        "enable_hr": True,
-        "hr_scale": 2,
-        "hr_upscaler": "Latent",
-        "hr_second_pass_steps": 8,
-        "denoising_strength": DENOISE,
-    }
+    hires = {**latent_hires_2x(), "denoising_strength": DENOISE}
     if host.name == "sdnext":
         # SD.Next resizes only with a resize mode set, and names its latent upscalers
         # "Latent Nearest", ... (plain "Latent" falls back to no upscale, 64x64).

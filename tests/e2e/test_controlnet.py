@@ -20,6 +20,7 @@ from tests.e2e.hostctl import HostServer
 from tests.e2e.payloads import (
     base_payload,
     deepcache,
+    latent_hires_2x,
     max_abs_diff,
     noise_image,
     png_b64,
@@ -163,14 +164,7 @@ def test_img2img_with_control(host: HostServer) -> None:
 def test_hires_fix_with_control(host: HostServer) -> None:
     """Hires at 2x with 8 hires steps at strength 0.5: the hires pass counts the steps the
     host's progress bar shows, at hires interval 2 (full at 0, 2, 4, ...)."""
-    hires = {
-        "enable_hr": True,
-        "hr_scale": 2,
-        "hr_upscaler": "Latent",
-        "hr_second_pass_steps": 8,
-        "denoising_strength": 0.5,
-    }
-    both = host.txt2img(request(host, 1.0, {"interval": 3}, **hires))
+    both = host.txt2img(request(host, 1.0, {"interval": 3}, **latent_hires_2x()))
     assert both.images[0].shape == (128, 128, 3)
     runs = both.sampler_runs
     assert len(runs) == 2 and runs[0] == 12, both.log[-3000:]

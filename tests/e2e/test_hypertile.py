@@ -29,7 +29,7 @@ import pytest
 
 from tests.e2e.checks import assert_clean_log, mean_abs_diff
 from tests.e2e.hostctl import HostServer
-from tests.e2e.payloads import base_payload, deepcache, max_abs_diff
+from tests.e2e.payloads import base_payload, deepcache, latent_hires_2x, max_abs_diff
 
 pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
 
@@ -86,13 +86,7 @@ def test_hypertile_in_the_hires_pass_with_deepcache(a1111: HostServer) -> None:
     """128 px first pass (one tile: HyperTile idle), 2x hires to 256 px (2x2 tiles): both passes
     cached and counted against the host's progress bars; HyperTile changes only the hires pass,
     so with DeepCache the image differs from DeepCache alone."""
-    hires = {
-        "enable_hr": True,
-        "hr_scale": 2,
-        "hr_upscaler": "Latent",
-        "hr_second_pass_steps": 8,
-        "denoising_strength": 0.5,
-    }
+    hires = latent_hires_2x()
     half = SIZE // 2
     alone = a1111.txt2img(request(a1111, False, {"interval": 3}, width=half, height=half, **hires))
     both = a1111.txt2img(request(a1111, True, {"interval": 3}, width=half, height=half, **hires))
