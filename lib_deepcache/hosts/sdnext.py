@@ -55,6 +55,12 @@ def scheduler_steps(scheduler: Any, first_timestep: float) -> tuple[int, list[fl
     for Heun, at an interpolated one for KDPM2), the last step alone. A pass starts on a step
     start (img2img pipelines slice at ``t_start * order``), so every ``order``-th timestep from
     there is a step start.
+
+    PNDM says order 1 but lists more evaluations than steps: its PLMS start evaluates the
+    second step's timestep twice, and its Runge-Kutta warm-up (PRK) evaluates each of its first
+    three steps four times, twice at a midpoint. Its step grid is the one it was set up on
+    (``_timesteps``, one per step); the extra evaluations join a step (12 steps: 12, not 13 or
+    15 as the distinct timesteps would count).
     """
     timesteps = [float(t) for t in getattr(scheduler, "timesteps", [])]
     order = max(1, int(getattr(scheduler, "order", 1) or 1))
@@ -65,8 +71,19 @@ def scheduler_steps(scheduler: Any, first_timestep: float) -> tuple[int, list[fl
         raise ValueError(
             f"{type(scheduler).__name__} has no timestep {first_timestep:g} in its schedule"
         )
+    starts = _pndm_step_starts(scheduler)
+    if starts is not None:
+        grid = [t for t in starts if t < first_timestep or same_timestep(t, first_timestep)]
+        return len(grid), grid
     grid = timesteps[begin::order]
     return len(grid), grid
+
+
+def _pndm_step_starts(scheduler: Any) -> list[float] | None:
+    """A PNDM scheduler's step grid, high noise first (None for any other scheduler)."""
+    if not hasattr(scheduler, "plms_timesteps"):
+        return None
+    return sorted((float(t) for t in getattr(scheduler, "_timesteps", [])), reverse=True)
 
 
 def offer_in_control_tab(title: str) -> None:

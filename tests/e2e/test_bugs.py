@@ -95,6 +95,23 @@ def test_sdnext_second_order_scheduler_counts_steps(sdnext, route):
     assert max_abs_diff(plain.images[0], cached.images[0]) > 0
 
 
+@pytest.mark.parametrize("sampler", ["Default", "PNDM"])
+def test_sdnext_pndm_counts_its_steps(sdnext, sampler):
+    """PNDM evaluates more often than it steps: "Default" (this model's own PNDM, PLMS only)
+    evaluates step 1's timestep twice, 13 calls; "PNDM" (with the Runge-Kutta warm-up) 21 calls
+    at 15 timesteps. It said 6 full / 6 cached and 6 full / 9 cached for 12 steps at interval 3.
+    The counts must add up to the 12 steps; with PLMS, step 1's second call is the first of its
+    slot and runs whole, so step 1 counts full: 5 full / 7 cached (worked by hand)."""
+    payload = base_payload(sdnext, sampler_name=sampler, steps=12)
+    plain = sdnext.txt2img(payload)
+    cached = sdnext.txt2img({**payload, "alwayson_scripts": deepcache(interval=3)})
+    full, cached_steps = cached.counts()
+    assert full + cached_steps == 12, cached.infotexts[0]
+    if sampler == "Default":
+        assert (full, cached_steps) == (5, 7)
+    assert max_abs_diff(plain.images[0], cached.images[0]) > 0
+
+
 # --------------------------------------------------------------------------- c. DDIM / PLMS img2img
 @pytest.mark.parametrize(
     ("sampler", "want"),

@@ -12,9 +12,11 @@ from diffusers import (
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2DiscreteScheduler,
+    PNDMScheduler,
 )
 
 from lib_deepcache.bench.archs import build_diffusers_unet
+from lib_deepcache.engine.clock import StepClock
 from lib_deepcache.engine.generation import GenerationRun
 from lib_deepcache.hosts import webui
 from lib_deepcache.hosts.script_args import ScriptArgs
@@ -54,6 +56,29 @@ def test_second_order_scheduler_counts_steps_not_evaluations(scheduler_class, t_
     want = _step_starts(scheduler, begin)
     assert len(want) == 12 - t_start
     assert scheduler_steps(scheduler, float(scheduler.timesteps[begin])) == (len(want), want)
+
+
+# PNDM at 12 steps (diffusers, num_train_timesteps 1000, steps_offset 1), written out by hand
+# from its schedule: one start per step, 83 apart
+PNDM_STARTS_12 = [914.0, 831.0, 748.0, 665.0, 582.0, 499.0, 416.0, 333.0, 250.0, 167.0, 84.0, 1.0]
+
+
+@pytest.mark.parametrize("skip_prk_steps", [True, False], ids=["plms", "prk-warm-up"])
+@pytest.mark.parametrize("t_start", [0, 5])
+def test_pndm_counts_its_steps_not_its_evaluations(skip_prk_steps, t_start):
+    """SD.Next's PNDM runs reported 6 full / 6 cached (PLMS: 13 evaluations, the second
+    timestep twice) and 6 full / 9 cached (the PRK warm-up: 21 evaluations at 15 timesteps) for
+    12 steps at interval 3: every step start is on its grid, every extra evaluation joins one."""
+    scheduler = PNDMScheduler(
+        num_train_timesteps=1000, steps_offset=1, skip_prk_steps=skip_prk_steps
+    )
+    scheduler.set_timesteps(12)
+    start = PNDM_STARTS_12[t_start]
+    assert scheduler_steps(scheduler, start) == (12 - t_start, PNDM_STARTS_12[t_start:])
+    clock = StepClock(PNDM_STARTS_12[t_start:])
+    first = [float(t) for t in scheduler.timesteps].index(start)
+    steps = [clock.observe(float(t)).step for t in scheduler.timesteps[first:]]
+    assert sorted(set(steps)) == list(range(12 - t_start))
 
 
 def test_a_timestep_off_the_schedule_is_refused():
