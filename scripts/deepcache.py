@@ -15,7 +15,7 @@ from typing import Any
 from modules import script_callbacks, scripts
 
 from lib_deepcache.hosts import api_guard, registry, title_clash, ui, webui, xyz_axes
-from lib_deepcache.hosts.controller import Controller
+from lib_deepcache.hosts.controller import ERROR_KEY, Controller
 from lib_deepcache.hosts.script_args import INFOTEXT_HIRES_KEY, INFOTEXT_KEY
 
 logger = logging.getLogger("deepcache")
@@ -74,7 +74,7 @@ def _on_app_started(demo: Any, app: Any) -> None:
     message = owner.console_message(__file__)
     if message is not None:
         controller.say_once(message)
-    api_guard.install(app, owns_title=lambda: owner.ours)
+    api_guard.install(app, owns_title=lambda: owner.ours, scriptless=_scriptless)
 
 
 def _add_xyz_axes(*_: Any, **__: Any) -> None:
@@ -86,6 +86,7 @@ def _add_xyz_axes(*_: Any, **__: Any) -> None:
 
 
 registry.prepare_host(TITLE)
+_scriptless = registry.scriptless_route(controller.say_once, ERROR_KEY)
 script_callbacks.on_cfg_denoiser(_follow_model)
 script_callbacks.on_app_started(_on_app_started)
 script_callbacks.on_before_component(_add_xyz_axes)

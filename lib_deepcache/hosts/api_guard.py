@@ -8,18 +8,24 @@ the one place where the client can be told which field is wrong.
 The args are only checked when they are this extension's: with another extension's script
 titled "DeepCache" loaded first, the host hands them to that one (``owns_title`` says which),
 and refusing them would break that extension's valid requests.
+
+Some routes take ``alwayson_scripts`` and drop them (SD.Next's ``/sdapi/v1/control``): no
+script runs there, so a request asking for DeepCache would silently get none. The guard lets
+such a request through and tells a :class:`ScriptlessRoute` while it runs, which says so.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 
 from ..engine.params import DeepCacheParamError
 from .script_args import ScriptArgs
 
 GUARDED_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
+# routes whose host drops alwayson_scripts (SD.Next's control API)
+SCRIPTLESS_PATHS = ("/sdapi/v1/control",)
 SCRIPT_TITLE = "deepcache"
 
 Scope = MutableMapping[str, Any]
@@ -29,21 +35,45 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+class ScriptlessRoute(Protocol):
+    """Told while a request that asks for DeepCache runs on a route that runs no scripts."""
+
+    def begin(self) -> None: ...
+
+    def end(self) -> None: ...
+
+
+def _deepcache_entries(body: bytes) -> list[Any]:
+    """The request's ``alwayson_scripts`` entries titled DeepCache (any case); none for a body
+    that is not a JSON object."""
+    try:
+        payload = json.loads(body or b"{}")
+    except ValueError:
+        return []
+    scripts = payload.get("alwayson_scripts") if isinstance(payload, dict) else None
+    if not isinstance(scripts, dict):
+        return []
+    return [entry for title, entry in scripts.items() if str(title).lower() == SCRIPT_TITLE]
+
+
+def asks_for_deepcache(body: bytes) -> bool:
+    """Whether the request asks for DeepCache: enabled args, or args too broken to tell."""
+    for entry in _deepcache_entries(body):
+        try:
+            args = entry.get("args", []) if isinstance(entry, dict) else entry
+            if ScriptArgs.from_args(args).enabled:
+                return True
+        except DeepCacheParamError:
+            return True
+    return False
+
+
 def check_request(body: bytes) -> DeepCacheParamError | None:
     """The error the request's DeepCache arguments would raise, if any.
 
     Bodies that are not JSON objects, or that do not mention DeepCache, are left to the host.
     """
-    try:
-        payload = json.loads(body or b"{}")
-    except ValueError:
-        return None
-    scripts = payload.get("alwayson_scripts") if isinstance(payload, dict) else None
-    if not isinstance(scripts, dict):
-        return None
-    for title, entry in scripts.items():
-        if str(title).lower() != SCRIPT_TITLE:
-            continue
+    for entry in _deepcache_entries(body):
         if not isinstance(entry, dict):
             return DeepCacheParamError(
                 "alwayson_scripts.DeepCache", entry, 'an object {"args": [...]}'
@@ -74,18 +104,21 @@ class ApiArgsGuard:
     the route, on any Starlette version the WebUI ships.
     """
 
-    def __init__(self, app: ASGIApp, owns_title: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        owns_title: Callable[[], bool] = lambda: True,
+        scriptless: ScriptlessRoute | None = None,
+    ) -> None:
         self.app = app
         self.owns_title = owns_title
+        self.scriptless = scriptless
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        guarded = (
-            scope.get("type") == "http"
-            and scope.get("method") == "POST"
-            and scope.get("path") in GUARDED_PATHS
-            and self.owns_title()
-        )
-        if not guarded:
+        path = scope.get("path")
+        posted = scope.get("type") == "http" and scope.get("method") == "POST"
+        scriptless = self.scriptless is not None and path in SCRIPTLESS_PATHS
+        if not (posted and (path in GUARDED_PATHS or scriptless) and self.owns_title()):
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
@@ -96,6 +129,13 @@ class ApiArgsGuard:
             body += message.get("body", b"")
             if message.get("type") != "http.request" or not message.get("more_body"):
                 break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        if scriptless:
+            await self._run_scriptless(asks_for_deepcache(body), scope, replay, send)
+            return
         error = check_request(body)
         if error is not None:
             payload = error_body(error)
@@ -106,21 +146,32 @@ class ApiArgsGuard:
             await send({"type": "http.response.start", "status": 422, "headers": headers})
             await send({"type": "http.response.body", "body": payload})
             return
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
-
         await self.app(scope, replay, send)
 
+    async def _run_scriptless(self, asks: bool, scope: Scope, receive: Receive, send: Send) -> None:
+        if not asks or self.scriptless is None:
+            await self.app(scope, receive, send)
+            return
+        self.scriptless.begin()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.scriptless.end()
 
-def install(app: Any, owns_title: Callable[[], bool] = lambda: True) -> bool:
+
+def install(
+    app: Any,
+    owns_title: Callable[[], bool] = lambda: True,
+    scriptless: ScriptlessRoute | None = None,
+) -> bool:
     """Put the guard in front of a FastAPI/Starlette app, started or not; False if present.
-    ``owns_title``: whether the host routes ``alwayson_scripts.DeepCache`` to this extension."""
+    ``owns_title``: whether the host routes ``alwayson_scripts.DeepCache`` to this extension;
+    ``scriptless``: told about requests for DeepCache on routes that run no scripts."""
     if any(getattr(m, "cls", None) is ApiArgsGuard for m in getattr(app, "user_middleware", [])):
         return False
     started = getattr(app, "middleware_stack", None) is not None
     app.middleware_stack = None
-    app.add_middleware(ApiArgsGuard, owns_title=owns_title)
+    app.add_middleware(ApiArgsGuard, owns_title=owns_title, scriptless=scriptless)
     if started:
         app.middleware_stack = app.build_middleware_stack()
     return True

@@ -10,6 +10,7 @@ A new host is one module with a :class:`HostAdapter` and one line here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from . import console, webui
 from .a1111 import A1111
 from .base import HostAdapter, Unsupported
 from .forge import Forge
-from .sdnext import SdNext, offer_in_control_tab
+from .sdnext import ControlApiNotice, SdNext, offer_in_control_tab
 
 
 def adapter_for(model: Any) -> HostAdapter:
@@ -38,3 +39,15 @@ def prepare_host(title: str) -> None:
     console.route_to_host_console(webui.host_log())
     if webui.is_sdnext():
         offer_in_control_tab(title)
+
+
+def scriptless_route(say_once: Callable[[str], None], error_key: str) -> ControlApiNotice | None:
+    """What tells of DeepCache asked for where the host runs no scripts (SD.Next's control
+    API), registered with the host's before-process callback; None on the other hosts."""
+    if not webui.is_sdnext():
+        return None
+    from modules import script_callbacks
+
+    notice = ControlApiNotice(say_once, error_key)
+    script_callbacks.on_before_process(notice.before_process)
+    return notice

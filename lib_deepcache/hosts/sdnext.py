@@ -10,6 +10,7 @@ schedule, and not every scheduler records where).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..engine.clock import same_timestep
@@ -95,3 +96,34 @@ def offer_in_control_tab(title: str) -> None:
     allowed = getattr(installer, "control_extensions", None)
     if isinstance(allowed, list) and title not in allowed:
         allowed.append(title)
+
+
+CONTROL_API_MESSAGE = (
+    "SD.Next's /sdapi/v1/control runs no extension scripts (it drops alwayson_scripts), so"
+    " this generation runs without DeepCache; use /sdapi/v1/txt2img or the Control tab"
+)
+# SD.Next's processing class for every run of its control pipeline
+_CONTROL_PROCESSING = "StableDiffusionProcessingControl"
+
+
+class ControlApiNotice:
+    """DeepCache asked for on SD.Next's control API, where no script can run: said once in the
+    console and, for each image made while such a request runs, in its infotext (SD.Next's
+    global before-process callback still sees the processing object there). The API guard
+    calls :meth:`begin` and :meth:`end` around the request."""
+
+    def __init__(self, say_once: Callable[[str], None], error_key: str) -> None:
+        self._say_once = say_once
+        self._error_key = error_key
+        self._running = 0
+
+    def begin(self) -> None:
+        self._running += 1
+        self._say_once(f"DeepCache: {CONTROL_API_MESSAGE}")
+
+    def end(self) -> None:
+        self._running = max(0, self._running - 1)
+
+    def before_process(self, p: Any) -> None:
+        if self._running and type(p).__name__ == _CONTROL_PROCESSING:
+            p.extra_generation_params[self._error_key] = CONTROL_API_MESSAGE

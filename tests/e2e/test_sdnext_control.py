@@ -15,15 +15,19 @@ log per request.
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.e2e.checks import assert_clean_log, mean_abs_diff
 from tests.e2e.control_tab import ControlTab
 from tests.e2e.hostctl import HostServer
-from tests.e2e.payloads import max_abs_diff
+from tests.e2e.payloads import deepcache, max_abs_diff
 
 pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
 
@@ -136,3 +140,48 @@ def test_refine_pass_with_control(tab: ControlTab) -> None:
     assert both.sampler_runs == [12, 8], both.log[-3000:]
     assert max_abs_diff(both.images[0], alone.images[0]) > 0
     assert_clean_log(both)
+
+
+def control_api(sdnext: HostServer, alwayson: dict | None) -> tuple[int, Any]:
+    """One POST /sdapi/v1/control without units (SD.Next's size fields for it are
+    ``width_before``/``height_before``): the status, and the image and its PNG infotext (or
+    the error body)."""
+    payload: dict[str, Any] = {
+        "prompt": "a photo of a cat",
+        "steps": 12,
+        "seed": 1234,
+        "cfg_scale": 7,
+        "width_before": 64,
+        "height_before": 64,
+        "control": [],
+    }
+    if alwayson is not None:
+        payload["alwayson_scripts"] = alwayson
+    status, body = sdnext.post("/sdapi/v1/control", payload)
+    if status != 200:
+        return status, body
+    raw = base64.b64decode(body["images"][0])
+    with Image.open(io.BytesIO(raw)) as image:
+        return status, (np.array(image.convert("RGB")), str(image.info.get("parameters", "")))
+
+
+def test_the_control_api_runs_no_scripts_and_deepcache_says_so(sdnext: HostServer) -> None:
+    """SD.Next's control API drops alwayson_scripts: asked for there, DeepCache cannot run, and
+    says so once in the console; the answer is the one without DeepCache (its image bit for bit,
+    with the reason in the infotext). This build's control API answers every request with HTTP
+    500 (``control_run() got an unexpected keyword argument 'xyz'``: its request copy keeps a
+    field it means to exclude), and then DeepCache's answer is that same error."""
+    plain_status, plain = control_api(sdnext, None)
+    mark = sdnext.log_mark()
+    asked = [control_api(sdnext, deepcache(interval=3)) for _ in range(2)]
+    log = " ".join(sdnext.log_since(mark).split())  # SD.Next's console wraps long lines
+    assert log.count("SD.Next's /sdapi/v1/control runs no extension scripts") == 1, log[-3000:]
+    for status, answer in asked:
+        assert status == plain_status
+        if status != 200:
+            assert answer == plain
+            continue
+        (image, info), (plain_image, plain_info) = answer, plain
+        assert max_abs_diff(image, plain_image) == 0
+        assert "DeepCache error: SD.Next's /sdapi/v1/control runs no extension scripts" in info
+        assert "DeepCache" not in plain_info, plain_info
