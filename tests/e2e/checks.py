@@ -1,13 +1,14 @@
 """Checks shared by the scenarios beside other UNet features (ControlNet, HyperTile, FreeU):
-a clean host log per request and a mean image distance."""
+a clean host log per request, and image distances kept in the test report."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 
-from .payloads import Result
+from .payloads import Result, mean_abs_diff
 
 # Host lines that are not about DeepCache or the feature beside it: A1111 and Forge log the first
 # one per request; A1111 logs the second when it loads a checkpoint (its text encoder, through
@@ -20,9 +21,15 @@ HOST_OWN_WARNINGS = (
 )
 
 
-def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of two uint8 images, in levels (0-255)."""
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+def record_distances(
+    record_property: Callable[[str, object], None], image: np.ndarray, **references: np.ndarray
+) -> dict[str, float]:
+    """The mean distance from ``image`` to each named reference, each also kept in the JUnit
+    report (artifacts/e2e.xml in CI) as ``distance_to_<name>``, rounded to 0.01."""
+    distances = {name: mean_abs_diff(image, ref) for name, ref in references.items()}
+    for name, distance in distances.items():
+        record_property(f"distance_to_{name}", round(distance, 2))
+    return distances
 
 
 def assert_clean_log(result: Result) -> None:

@@ -22,7 +22,6 @@ caller) they are lossless and carry the infotext in their ``parameters`` chunk.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import urllib.request
@@ -31,10 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .api import HostApi
-from .payloads import Result, png_b64
+from .payloads import Result, png_b64, read_png
 
 Dependency = dict[str, Any]
 
@@ -128,10 +126,9 @@ class ControlTab:
         for item in gallery:
             name = item[0] if isinstance(item, (list, tuple)) else item
             name = name["name"] if isinstance(name, dict) else name
-            raw = self._file(str(name))
-            with Image.open(io.BytesIO(raw)) as image:
-                infotexts.append(str(image.info.get("parameters", "")))
-                images.append(np.array(image.convert("RGB")))
+            image, infotext = read_png(self._file(str(name)))
+            images.append(image)
+            infotexts.append(infotext)
         return Result(200, answer, [], images, {"infotexts": infotexts}, self.host.log_since(mark))
 
     # ----------------------------------------------------------------- plumbing

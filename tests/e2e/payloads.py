@@ -27,6 +27,12 @@ def decode_png(data: str) -> np.ndarray:
         return np.array(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
 
 
+def read_png(raw: bytes) -> tuple[np.ndarray, str]:
+    """A PNG file's RGB pixels and its ``parameters`` text chunk (the WebUIs' infotext)."""
+    with Image.open(io.BytesIO(raw)) as image:
+        return np.array(image.convert("RGB")), str(image.info.get("parameters", ""))
+
+
 def png_b64(array: np.ndarray) -> str:
     """A uint8 array (H, W) or (H, W, 3) as base64 PNG, for init images and masks."""
     buffer = io.BytesIO()
@@ -39,6 +45,20 @@ def max_abs_diff(a: np.ndarray, b: np.ndarray) -> int:
     if a.shape != b.shape:
         raise AssertionError(f"image shapes differ: {a.shape} vs {b.shape}")
     return int(np.max(np.abs(a.astype(np.int16) - b.astype(np.int16))))
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 images, in levels (0-255)."""
+    if a.shape != b.shape:
+        raise AssertionError(f"image shapes differ: {a.shape} vs {b.shape}")
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+def white_square(size: int = 64) -> np.ndarray:
+    """A control image: the middle half white, black around it (RGB)."""
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    image[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    return image
 
 
 def noise_image(size: int = 64, seed: int = 0) -> np.ndarray:

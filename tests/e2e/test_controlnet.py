@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pytest
 
-from tests.e2e.checks import assert_clean_log, mean_abs_diff
+from tests.e2e.checks import assert_clean_log, record_distances
 from tests.e2e.hostctl import HostServer
 from tests.e2e.payloads import (
     base_payload,
@@ -24,6 +23,7 @@ from tests.e2e.payloads import (
     max_abs_diff,
     noise_image,
     png_b64,
+    white_square,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.host_state(controlnet=True)]
@@ -77,13 +77,6 @@ def model_name(host: HostServer, prefix: str) -> str:
     return names[0]
 
 
-def control_image() -> str:
-    """A white square on black, 64x64."""
-    image = np.zeros((64, 64, 3), dtype=np.uint8)
-    image[16:48, 16:48] = 255
-    return png_b64(image)
-
-
 def request(host: HostServer, weight: float | None, dc: dict[str, Any] | None, **extra: Any):
     """A base request with one ControlNet unit (None: no unit) and DeepCache (None: off)."""
     setup = setup_for(host)
@@ -94,7 +87,7 @@ def request(host: HostServer, weight: float | None, dc: dict[str, Any] | None, *
             "module": setup.module,
             "model": model_name(host, setup.model_prefix),
             "weight": weight,
-            "image": control_image(),
+            "image": png_b64(white_square()),
             "save_detected_map": False,  # only the generated images come back
             **extra.pop("unit", {}),
         }
@@ -119,13 +112,14 @@ def test_control_is_applied_on_cached_steps_too(host: HostServer, record_propert
         assert_clean_log(result)
     assert alone.counts() == both.counts() == DC_COUNTS_12
     assert "ControlNet 0" in both.fields(), both.infotexts[0]
-    to_control = mean_abs_diff(both.images[0], control.images[0])
-    to_alone = mean_abs_diff(both.images[0], alone.images[0])
-    # measured on every run, kept in the JUnit report (artifacts/e2e.xml in CI)
-    record_property("distance_to_uncached_control", round(to_control, 2))
-    record_property("distance_to_deepcache_without_control", round(to_alone, 2))
+    distance = record_distances(
+        record_property,
+        both.images[0],
+        uncached_control=control.images[0],
+        deepcache_without_control=alone.images[0],
+    )
     if host.name == "a1111":
-        assert to_control < to_alone, (to_control, to_alone)
+        assert distance["uncached_control"] < distance["deepcache_without_control"], distance
 
     start, end = setup_for(host).cached_window
     window = {"unit": {"guidance_start": start, "guidance_end": end}}

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.checks import assert_clean_log, mean_abs_diff
+from tests.e2e.checks import assert_clean_log, record_distances
 from tests.e2e.hostctl import HostServer
 from tests.e2e.payloads import base_payload, deepcache, max_abs_diff
 
@@ -92,11 +92,12 @@ def test_freeu_stacks_with_deepcache(full_width: HostServer, record_property) ->
     assert max_abs_diff(both.images[0], alone.images[0]) > 0
     assert every_step.counts() == (12, 0)
     assert max_abs_diff(every_step.images[0], freeu.images[0]) == 0
-    # measured on every run, kept in the JUnit report (artifacts/e2e.xml in CI)
-    to_freeu = mean_abs_diff(both.images[0], freeu.images[0])
-    to_alone = mean_abs_diff(both.images[0], alone.images[0])
-    record_property("distance_to_uncached_freeu", round(to_freeu, 2))
-    record_property("distance_to_deepcache_alone", round(to_alone, 2))
+    record_distances(
+        record_property,
+        both.images[0],
+        uncached_freeu=freeu.images[0],
+        deepcache_alone=alone.images[0],
+    )
     for result in (freeu, both, every_step):
         assert_clean_log(result)
 

@@ -16,18 +16,15 @@ log per request.
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.e2e.checks import assert_clean_log, mean_abs_diff
+from tests.e2e.checks import assert_clean_log, record_distances
 from tests.e2e.control_tab import ControlTab
 from tests.e2e.hostctl import HostServer
-from tests.e2e.payloads import deepcache, max_abs_diff
+from tests.e2e.payloads import deepcache, max_abs_diff, read_png, white_square
 
 pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
 
@@ -49,9 +46,7 @@ def tab(sdnext: HostServer) -> Iterator[ControlTab]:
     sdnext.post("/sdapi/v1/options", {"samples_format": "png"})
     try:
         tab = ControlTab(sdnext)
-        image = np.zeros((64, 64, 3), dtype=np.uint8)
-        image[16:48, 16:48] = 255  # a white square on black
-        tab.set_control_image(image)
+        tab.set_control_image(white_square())
         yield tab
     finally:
         sdnext.post("/sdapi/v1/options", {"samples_format": saved})
@@ -74,11 +69,13 @@ def test_control_pipeline_with_deepcache(tab: ControlTab, record_property) -> No
     assert both.counts() == alone.counts() == DC_COUNTS_12
     assert CONTROLNET in both.infotexts[0]
     assert both.log.count("DeepCache: 4 full / 8 cached steps") == 1, both.log[-3000:]
-    to_control = mean_abs_diff(both.images[0], control.images[0])
-    to_alone = mean_abs_diff(both.images[0], alone.images[0])
-    record_property("distance_to_uncached_control", round(to_control, 2))
-    record_property("distance_to_deepcache_without_control", round(to_alone, 2))
-    assert to_control < to_alone, (to_control, to_alone)
+    distance = record_distances(
+        record_property,
+        both.images[0],
+        uncached_control=control.images[0],
+        deepcache_without_control=alone.images[0],
+    )
+    assert distance["uncached_control"] < distance["deepcache_without_control"], distance
 
     tab.set_unit(CONTROLNET, start=CACHED_WINDOW[0], end=CACHED_WINDOW[1])
     windowed = tab.generate({"enabled": True, "interval": 3})
@@ -160,9 +157,7 @@ def control_api(sdnext: HostServer, alwayson: dict | None) -> tuple[int, Any]:
     status, body = sdnext.post("/sdapi/v1/control", payload)
     if status != 200:
         return status, body
-    raw = base64.b64decode(body["images"][0])
-    with Image.open(io.BytesIO(raw)) as image:
-        return status, (np.array(image.convert("RGB")), str(image.info.get("parameters", "")))
+    return status, read_png(base64.b64decode(body["images"][0]))
 
 
 def test_the_control_api_runs_no_scripts_and_deepcache_says_so(sdnext: HostServer) -> None:
