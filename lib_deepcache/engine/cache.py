@@ -12,6 +12,7 @@ one entry per slot each shape would evict the other and every cached step would 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -22,11 +23,22 @@ MAX_SLOTS = 32
 # A1111's NGMS / skip-early-CFG, with room for a resolution change mid-generation.
 SHAPES_PER_SLOT = 4
 
-CacheKey = tuple[tuple[int, ...], torch.dtype, torch.device]
+# (shape or shapes, dtype, device): a UNet keys by its input's shape, a transformer by the
+# shapes of all its streams
+CacheKey = tuple[Any, torch.dtype, torch.device]
 
 
 def key_of(tensor: torch.Tensor) -> CacheKey:
     return tuple(tensor.shape), tensor.dtype, tensor.device
+
+
+@dataclass(frozen=True)
+class ResidualPart:
+    """Where one stream's residual lies in a transformer's flat stored feature: the stage it
+    belongs to and its shape (the parts follow each other in order)."""
+
+    stage: int
+    shape: tuple[int, ...]
 
 
 @dataclass
@@ -34,16 +46,18 @@ class CacheEntry:
     """The deep feature of one full pass and the output shapes of the blocks it skips later.
 
     The shapes let a cached pass hand correctly shaped placeholders to a foreign UNet loop that
-    still concatenates and adds residuals on the skipped levels.
+    still concatenates and adds residuals on the skipped levels. A transformer's feature is its
+    stages' residuals laid end to end, and ``parts`` says where each lies.
     """
 
     key: CacheKey
     feature: torch.Tensor
     step: int
-    skipped_shapes: dict[tuple[str, int], torch.Size] = field(default_factory=dict)
+    skipped_shapes: dict[str, Any] = field(default_factory=dict)
     timestep: float | None = None  # the UNet timestep of the call that stored it, if readable
     # the slot's entry of the same key from the full step before, kept for forecasting
     previous: CacheEntry | None = None
+    parts: tuple[ResidualPart, ...] = ()
 
     @property
     def nbytes(self) -> int:

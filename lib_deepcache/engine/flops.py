@@ -1,8 +1,9 @@
-"""UNet FLOPs per block, counted on a weightless ``meta`` twin of the model.
+"""A model's FLOPs per unit (UNet block or layer, transformer block), counted on a weightless
+``meta`` twin of the model.
 
-The shallow path's share of the UNet's FLOPs (``f_b``) sets the speed limit of DeepCache:
-over K steps with F full ones the UNet does ``F + (K - F) * f_b`` full-call equivalents. Counting
-on ``meta`` costs no real compute and, unlike CPU tensors, counts the SDPA attention kernels.
+The shallow path's share of the model's FLOPs (``f_b``) sets the speed limit of DeepCache: over
+K steps with F full ones the model does ``F + (K - F) * f_b`` full-call equivalents. Counting on
+``meta`` costs no real compute and, unlike CPU tensors, counts the SDPA attention kernels.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .layout import skipped_units, unit_name
-from .unets import layout_of
+from .denoisers import layout_of
 
 
 def meta_twin(module: torch.nn.Module) -> torch.nn.Module:
@@ -41,23 +41,26 @@ def meta_twin(module: torch.nn.Module) -> torch.nn.Module:
 
 @dataclass(frozen=True)
 class BlockFlops:
-    """FLOPs of one UNet call: the total and each unit's share (see :mod:`.layout`)."""
+    """FLOPs of one model call: the total, each unit's share, and the units a cached pass skips
+    at each depth (``skipped[d]``; a deeper setting is clamped to the last)."""
 
     total: int
     per_unit: dict[str, int]
     num_blocks: int
+    skipped: tuple[tuple[str, ...], ...]
 
     def shallow_share(self, depth: int) -> float:
         """``f_b``: FLOPs of a cached pass at this depth over FLOPs of a full pass."""
-        skipped = sum(self.per_unit.get(name, 0) for name in skipped_units(self.num_blocks, depth))
-        return (self.total - skipped) / self.total
+        names = self.skipped[min(depth, len(self.skipped) - 1)]
+        return (self.total - sum(self.per_unit.get(name, 0) for name in names)) / self.total
 
 
-def count_unit_flops(unet: torch.nn.Module, args: tuple, kwargs: dict) -> BlockFlops:
+def count_unit_flops(model: torch.nn.Module, args: tuple, kwargs: dict) -> BlockFlops:
     """Run a ``meta`` twin once on these (``meta``) arguments; attribute FLOPs to each unit."""
-    twin = meta_twin(unet)
+    twin = meta_twin(model)
     layout = layout_of(twin)
-    names = {id(site.module): unit_name(site.role, site.first) for site in layout.leaves()}
+    units = layout.flop_units()
+    names = {id(module): name for name, module in units}
     per_unit: dict[str, int] = {}
     counter = FlopCounterMode(display=False)
     starts: dict[int, int] = {}
@@ -70,16 +73,19 @@ def count_unit_flops(unet: torch.nn.Module, args: tuple, kwargs: dict) -> BlockF
         per_unit[name] = per_unit.get(name, 0) + _total(counter) - starts.pop(id(module))
 
     handles = []
-    for site in layout.leaves():
-        handles.append(site.module.register_forward_pre_hook(before))
-        handles.append(site.module.register_forward_hook(after))
+    for _, module in units:
+        handles.append(module.register_forward_pre_hook(before))
+        handles.append(module.register_forward_hook(after))
     try:
         with torch.no_grad(), counter:
             twin(*args, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
-    return BlockFlops(total=_total(counter), per_unit=per_unit, num_blocks=layout.num_blocks)
+    skipped = tuple(
+        tuple(layout.skipped_unit_names(d)) for d in range(layout.max_depth + 1)
+    )
+    return BlockFlops(_total(counter), per_unit, layout.num_blocks, skipped)
 
 
 def _total(counter: FlopCounterMode) -> int:

@@ -24,7 +24,7 @@ def forecast_feature(
 ) -> torch.Tensor:
     """The feature a cached pass at ``timestep`` (step ``step``) splices in."""
     previous = entry.previous
-    if strength == 0 or previous is None:
+    if strength == 0 or previous is None or previous.parts != entry.parts:
         return entry.feature
     if None in (timestep, entry.timestep, previous.timestep):
         x, x1, x0 = float(step), float(entry.step), float(previous.step)

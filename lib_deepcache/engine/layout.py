@@ -74,6 +74,21 @@ class UNetLayout:
     def leaves(self) -> list[Site]:
         return [site for site in self.sites if not site.group]
 
+    @property
+    def max_depth(self) -> int:
+        """The deepest skip branch (SD1.x: 11, SDXL: 8)."""
+        return self.num_blocks - 1
+
+    def describe(self) -> str:
+        return f"a UNet with {self.num_blocks} skip connections"
+
+    def flop_units(self) -> list[tuple[str, torch.nn.Module]]:
+        """Each leaf and the unit its FLOPs count for."""
+        return [(unit_name(site.role, site.first), site.module) for site in self.leaves()]
+
+    def skipped_unit_names(self, depth: int) -> list[str]:
+        return skipped_units(self.num_blocks, depth)
+
 
 def skipped_units(num_blocks: int, depth: int) -> list[str]:
     """Names of the units a cached pass at this depth skips."""

@@ -15,13 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .defaults import auto_interval
+
 SCHEDULES = ("uniform", "non-uniform", "adaptive")
 MAX_INTERVAL = 1000
-# interval 0 ("auto" in the API and the infotext): the loaded UNet's own default, chosen in
-# docs/quality.md "Per-model defaults" (see :func:`auto_interval`).
+# interval 0 ("auto" in the API and the infotext): the loaded model's own default, chosen in
+# docs/quality.md "Per-model defaults" (see :func:`.defaults.auto_interval`).
 AUTO_INTERVAL = 0
-# SDXL's UNet has 9 input blocks (SD1.x/2.x and the SDXL refiner: 12).
-SDXL_BLOCKS = 9
 # The deepest skip branch of any supported UNet (SD1.x/2.x: 12 input blocks, branches 0..11).
 # SDXL has 9 input blocks; the session clamps to the UNet it hooks (see ``effective_depth``).
 MAX_DEPTH = 11
@@ -87,14 +87,6 @@ def _as_interval(field: str, value: Any) -> int:
     except DeepCacheParamError:
         allowed = f"an integer from 1 to {MAX_INTERVAL}, or 0 / auto (the model's default)"
         raise DeepCacheParamError(field, value, allowed) from None
-
-
-def auto_interval(num_blocks: int) -> int:
-    """The interval ``auto`` runs with on a UNet of ``num_blocks`` input blocks: the fastest
-    setting that keeps the fidelity of SD1.x at interval 3 (docs/quality.md "Per-model
-    defaults"): 3 for SD1.x/2.x, 2 for SDXL, whose shallow path is a smaller share of the UNet
-    and whose cached steps drift about 2.3 dB further at interval 3."""
-    return 2 if num_blocks == SDXL_BLOCKS else 3
 
 
 def _as_fraction(
@@ -215,11 +207,12 @@ class DeepCacheParams:
                 raise DeepCacheParamError(name, value, "a value (null is not allowed)")
         return cls(**dict(values))
 
-    def resolved(self, num_blocks: int) -> DeepCacheParams:
-        """These parameters on a UNet of ``num_blocks`` input blocks: ``auto`` made a number."""
+    def resolved(self, family: str, num_blocks: int) -> DeepCacheParams:
+        """These parameters on a model of this layout family and block count (UNets: input
+        blocks): ``auto`` made a number."""
         if self.interval != AUTO_INTERVAL:
             return self
-        return replace(self, interval=auto_interval(num_blocks))
+        return replace(self, interval=auto_interval(family, num_blocks))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,7 +19,7 @@ from enum import Enum
 import torch
 
 from . import schedule
-from .cache import CacheEntry, CacheKey, FeatureCache, key_of
+from .cache import CacheEntry, CacheKey, FeatureCache, ResidualPart, key_of
 from .clock import StepClock, Tick
 from .forecast import forecast_feature
 from .params import DeepCacheParams
@@ -159,13 +159,14 @@ class StepPlanner:
             self.stats.full_steps += 1
 
     # ----------------------------------------------------------------- per pass
-    def begin_pass(self, h: torch.Tensor) -> PassState:
-        """A pass enters the first input unit with ``h``: take the step's next call slot."""
+    def begin_pass(self, h: torch.Tensor, key: CacheKey | None = None) -> PassState:
+        """A pass enters the first unit with ``h`` (its cache ``key``: ``h``'s shape, dtype and
+        device unless given): take the step's next call slot."""
         if not self._announced:
             self.stats.unannounced_passes += 1
             return PassState(Mode.PASS_THROUGH, slot=-1)
         slot, self._slot = self._slot, self._slot + 1
-        key = key_of(h)
+        key = key_of(h) if key is None else key
         store = self._step < self._last_cached
         entry = None
         if not self._step_is_full:
@@ -215,10 +216,15 @@ class StepPlanner:
             self.stats.cached_passes += 1
         self._count_pass(ran_full=full)
 
-    def store(self, p: PassState, feature: torch.Tensor) -> None:
-        """Keep a full pass's deep feature for its slot (and the shapes of what it skipped);
-        with forecasting on, the slot's feature from the full step before stays too."""
-        entry = CacheEntry(p.key, feature, self._step, dict(p.skipped_shapes), self._timestep)
+    def store(
+        self, p: PassState, feature: torch.Tensor, parts: tuple[ResidualPart, ...] = ()
+    ) -> None:
+        """Keep a full pass's deep feature for its slot (and the shapes of what it skipped, or
+        the residual parts it holds); with forecasting on, the slot's feature from the full step
+        before stays too."""
+        entry = CacheEntry(
+            p.key, feature, self._step, dict(p.skipped_shapes), self._timestep, parts=parts
+        )
         self.cache.put(p.slot, entry, keep_previous=self.params.forecast > 0)
 
     def feature(self, p: PassState) -> torch.Tensor:

@@ -1,17 +1,20 @@
-"""The session: the one owner of every patch DeepCache applies to a UNet.
+"""The session: the one owner of every patch DeepCache applies to a denoiser (a UNet, or a
+diffusion transformer's block stack).
 
-``with DeepCacheSession(unet, params, total_steps):`` wraps the UNet's blocks and layers (the
-sites of its :class:`UNetLayout`) and registers a pre-hook on the UNet itself; leaving the block
-(normally, by exception or by ``KeyboardInterrupt``) removes them all and frees the cache.
-Hosts that hand over each UNet call (Forge's model-function wrapper) use :meth:`attached`
-instead: the wrappers are in place only during the call, the session's state lives on. Nothing
-replaces the UNet's own ``forward``, so a foreign forward (ControlNet's) keeps running, and so do
-its residual pops: skipped blocks return correctly shaped zeros.
+``with DeepCacheSession(model, params, total_steps):`` wraps the sites of the model's layout
+(:class:`UNetLayout`: blocks and layers; :class:`StackLayout`: transformer blocks) and registers
+a pre-hook on the model itself; leaving the block (normally, by exception or by
+``KeyboardInterrupt``) removes them all and frees the cache. Hosts that hand over each model
+call (Forge's model-function wrapper) use :meth:`attached` instead: the wrappers are in place
+only during the call, the session's state lives on. Nothing replaces the model's own
+``forward``, so a foreign forward (ControlNet's) keeps running, and so do its residual pops:
+skipped UNet blocks return correctly shaped zeros.
 
-Per UNet call the pre-hook hands the timestep to the :class:`StepPlanner`, which decides what each
-pass through the blocks does (:mod:`.planner`); the wrappers here carry it out: skip the deep
-units, splice the stored feature into the boundary unit, store a full pass's feature. What
-happened is reported by :mod:`.report`.
+Per model call the pre-hook hands the timestep to the :class:`StepPlanner`, which decides what
+each pass through the blocks does (:mod:`.planner`); a splicer carries it out for the layout at
+hand (:mod:`.unet_splice`: skip the deep units, splice the stored feature into the boundary
+unit; :mod:`.stack_splice`: run the first and last blocks, add the middle span's stored
+residual) and stores a full pass's feature. What happened is reported by :mod:`.report`.
 """
 
 from __future__ import annotations
@@ -24,31 +27,34 @@ from typing import Any
 
 import torch
 
-from .layout import Role, Site, UNetLayout
-from .params import AUTO_INTERVAL, DeepCacheParams, effective_depth
+from .denoisers import Layout, layout_of
+from .layout import UNetLayout
+from .params import AUTO_INTERVAL, DeepCacheParams
 from .patches import Forward, PatchSet, WrapperFactory
-from .planner import Mode, PassState, StepPlanner
+from .planner import StepPlanner
 from .report import DeepCacheStats, measure_flops
-from .shapes import CallRecord, OutputShapes, first_tensor, read_timestep, replace_first_tensor
-from .unets import layout_of
+from .shapes import CallRecord, read_timestep
+from .stack import StackLayout
+from .stack_splice import StackSplicer
+from .unet_splice import UNetSplicer
 
 logger = logging.getLogger("deepcache")
 
-# UNets with a session open; a second session on the same UNet would double-wrap its blocks.
+# Models with a session open; a second session on the same model would double-wrap its blocks.
 _ACTIVE: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 class SessionConflictError(RuntimeError):
-    """A second DeepCache session was opened on a UNet that already has one."""
+    """A second DeepCache session was opened on a model that already has one."""
 
 
 class DeepCacheSession:
-    """Applies DeepCache to ``unet`` for one sampling pass of ``total_steps`` executed steps.
+    """Applies DeepCache to ``unet`` (any supported denoiser) for one sampling pass of ``total_steps`` executed steps.
 
     ``timestep_grid``: the timesteps at which the sampler's steps start, when the host knows
     them; with it, midpoint evaluations of DPM2/DPM++ SDE-type samplers stay in their step.
     A disabled ``params`` installs nothing at all. ``params.interval`` ``auto`` becomes the
-    UNet's own default here, where its layout is known; :attr:`params` holds the number.
+    model's own default here, where its layout is known; :attr:`params` holds the number.
     """
 
     def __init__(
@@ -62,32 +68,34 @@ class DeepCacheSession:
             raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
         self.unet = unet
         self.total_steps = total_steps
-        self.layout = layout_of(unet) if params.enabled else None
-        if self.layout and params.interval == AUTO_INTERVAL:
-            params = params.resolved(self.layout.num_blocks)
-            logger.info(
-                "DeepCache: interval auto = %d for a UNet with %d skip connections",
-                params.interval,
-                self.layout.num_blocks,
-            )
-        self.params = params
-        self.depth = effective_depth(params.depth, self.layout.num_blocks) if self.layout else 0
+        self.layout: Layout | None = layout_of(unet) if params.enabled else None
+        self.params = params = self._resolve_interval(params)
+        self.depth = min(params.depth, self.layout.max_depth) if self.layout else 0
         if self.layout and self.depth != params.depth:
             logger.info(
-                "DeepCache: depth %d clamped to %d for a UNet with %d skip connections",
+                "DeepCache: depth %d clamped to %d for %s",
                 params.depth,
                 self.depth,
-                self.layout.num_blocks,
+                self.layout.describe(),
             )
         self.stats = DeepCacheStats(depth=self.depth, interval=params.interval)
-        self._layout = self.layout or UNetLayout("none", 0, ())
         self._planner = StepPlanner(params, total_steps, timestep_grid, self.stats)
+        self._splicer = _splicer(self.layout, self.depth, self._planner)
         self._patches = PatchSet()
         self._active = False
         self._nesting = 0
         self._closed = False
-        self._pass: PassState | None = None
         self._call: CallRecord | None = None
+
+    def _resolve_interval(self, params: DeepCacheParams) -> DeepCacheParams:
+        """``auto`` made the model's own interval, now that its layout is known."""
+        if self.layout is None or params.interval != AUTO_INTERVAL:
+            return params
+        params = params.resolved(self.layout.family, self.layout.num_blocks)
+        logger.info(
+            "DeepCache: interval auto = %d for %s", params.interval, self.layout.describe()
+        )
+        return params
 
     # ----------------------------------------------------------------- lifecycle
     def __enter__(self) -> DeepCacheSession:
@@ -151,7 +159,7 @@ class DeepCacheSession:
             self._patches.add_handle(
                 self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True)
             )
-            for site in self._layout.sites:
+            for site in self._splicer.sites():
                 self._patches.wrap_forward(site.module, self._wrapper_factory(site))
         except BaseException:
             self._detach()
@@ -164,7 +172,7 @@ class DeepCacheSession:
         try:
             self._patches.remove_all()
         finally:
-            self._pass = None
+            self._splicer.reset()
             _ACTIVE.discard(self.unet)
 
     # ----------------------------------------------------------------- host inputs
@@ -196,74 +204,23 @@ class DeepCacheSession:
     def observe_call(self, args: tuple, kwargs: dict) -> None:
         """Take in one UNet call's arguments (the session's pre-hook does this for every call;
         a host that opened the session inside a call hands that call over itself)."""
-        self._pass = None
+        self._splicer.reset()
         if self._call is None and args:
             self._call = CallRecord.of(args, kwargs)
         planner = self._planner
         planner.on_call(None if planner.host_counts_steps else read_timestep(args, kwargs))
 
     # ----------------------------------------------------------------- per site
-    def _wrapper_factory(self, site: Site) -> WrapperFactory:
+    def _wrapper_factory(self, site: Any) -> WrapperFactory:
         def make(previous: Forward) -> Forward:
             def deepcache_block(*args: Any, **kwargs: Any) -> Any:
                 if not self._active:
                     return previous(*args, **kwargs)
-                return self._run_site(site, previous, args, kwargs)
+                return self._splicer.run(site, previous, args, kwargs)
 
             return deepcache_block
 
         return make
-
-    def _run_site(self, site: Site, previous: Forward, args: tuple, kwargs: dict) -> Any:
-        if site.head and site.role is Role.INPUT and site.first == 0 and not site.group:
-            self._pass = self._planner.begin_pass(first_tensor(args, kwargs))
-        p = self._pass
-        if p is None or p.mode is Mode.PASS_THROUGH:
-            return previous(*args, **kwargs)
-
-        layout, depth = self._layout, self.depth
-        skipped = layout.site_skipped(site, depth)
-        if p.mode is Mode.UNDECIDED and skipped:
-            raise RuntimeError("DeepCache: a deep block ran before the adaptive decision")
-        if p.mode is Mode.CACHED and skipped:
-            shapes = p.entry.skipped_shapes.get(site.name)
-            # a site the full pass never reached runs: its output only feeds skipped sites
-            return previous(*args, **kwargs) if shapes is None else shapes.zeros()
-        if site.group:
-            out = previous(*args, **kwargs)
-            if skipped and p.store and p.mode is Mode.FULL:
-                p.skipped_shapes[site.name] = OutputShapes.of(out)
-            return out
-
-        if site.head and site.role is Role.OUTPUT and site.first == layout.boundary(depth):
-            if p.mode is Mode.CACHED:
-                joined = self._splice(p, first_tensor(args, kwargs))
-                args, kwargs = replace_first_tensor(args, kwargs, joined)
-            elif p.store:
-                self._store(p, first_tensor(args, kwargs))
-
-        out = previous(*args, **kwargs)
-        if site.tail and site.role is Role.INPUT and site.first == depth:
-            self._planner.on_skip(p, first_tensor((out,), {}))
-        elif skipped and p.store and p.mode is Mode.FULL:
-            p.skipped_shapes[site.name] = OutputShapes.of(out)
-        if site.tail and site.role is Role.OUTPUT and site.first == layout.num_blocks - 1:
-            self._pass = None
-        return out
-
-    def _splice(self, p: PassState, z: torch.Tensor) -> torch.Tensor:
-        """Replace the deep half of the boundary block's input with the stored feature."""
-        feature = self._planner.feature(p)
-        skip = z[:, z.shape[1] - p.skip_channels :]
-        if feature.shape[0] != skip.shape[0] or feature.shape[2:] != skip.shape[2:]:
-            raise RuntimeError(
-                f"DeepCache: cached feature {tuple(feature.shape)} does not fit skip"
-                f" {tuple(skip.shape)}; another extension changed the UNet's shapes mid-pass"
-            )
-        return torch.cat([feature, skip], dim=1)
-
-    def _store(self, p: PassState, z: torch.Tensor) -> None:
-        self._planner.store(p, z[:, : z.shape[1] - p.skip_channels].detach().clone())
 
     # ----------------------------------------------------------------- statistics
     def measure_flops(self) -> DeepCacheStats:
@@ -276,3 +233,12 @@ class DeepCacheSession:
         if self.layout is not None:
             measure_flops(self.unet, self._call, self.stats)
         return self.stats
+
+
+def _splicer(
+    layout: Layout | None, depth: int, planner: StepPlanner
+) -> UNetSplicer | StackSplicer:
+    """What carries the planner's verdicts out in the model's modules."""
+    if isinstance(layout, StackLayout):
+        return StackSplicer(layout, depth, planner)
+    return UNetSplicer(layout or UNetLayout("none", 0, ()), depth, planner)

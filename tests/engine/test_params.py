@@ -132,15 +132,24 @@ def test_interval_zero_or_auto_means_the_models_own(value):
 
 
 @pytest.mark.parametrize(
-    ("num_blocks", "interval"),
+    ("family", "num_blocks", "interval"),
     # docs/quality.md "Per-model defaults": SD1.x/2.x (12 input blocks) 3, SDXL (9) 2; the
-    # SDXL refiner has 12 input blocks, the SD1.x layout
-    [(12, 3), (9, 2)],
+    # SDXL refiner has 12 input blocks, the SD1.x layout; the diffusers UNet the same; the
+    # transformers 2 whatever their block count
+    [
+        ("ldm", 12, 3),
+        ("ldm", 9, 2),
+        ("diffusers", 9, 2),
+        ("flux", 57, 2),
+        ("chroma", 6, 2),
+        ("sd3", 24, 2),
+    ],
 )
-def test_auto_resolves_per_layout_and_leaves_a_number_alone(num_blocks, interval):
+def test_auto_resolves_per_layout_and_leaves_a_number_alone(family, num_blocks, interval):
     auto = DeepCacheParams(True, "auto", 1, forecast=0.5)
-    assert auto.resolved(num_blocks) == DeepCacheParams(True, interval, 1, forecast=0.5)
-    assert DeepCacheParams(True, 4).resolved(num_blocks).interval == 4
+    expected = DeepCacheParams(True, interval, 1, forecast=0.5)
+    assert auto.resolved(family, num_blocks) == expected
+    assert DeepCacheParams(True, 4).resolved(family, num_blocks).interval == 4
 
 
 @pytest.mark.parametrize(
