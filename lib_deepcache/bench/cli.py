@@ -5,8 +5,10 @@ weights; ``--checkpoint`` loads a real one) sampled by a real k-diffusion sample
 
 * FLOP speedup: exact, from ``torch.utils.flop_counter`` on a ``meta`` twin, for the step counts
   the session really ran; limit ``S(N, b) = N / (1 + (N - 1) f_b)``;
-* measured UNet wall-time speedup: time spent inside UNet calls, uncached runs bracketing the
-  cached ones in each repeat, medians over repeats; efficiency = measured / FLOP speedup;
+* measured UNet wall-time speedup: time spent inside UNet calls, each cached run against the
+  uncached runs just before and after it, repeated until the pairs agree (:mod:`.pairing`);
+  median and range of the pairs, marked where they stay apart; efficiency = measured / FLOP
+  speedup;
 * peak memory held by the cache, and the full/cached step counts;
 * with ``--quality``: PSNR, SSIM and relative L2 of each configuration's samples against the
   uncached samples (same seeds, same sampler) on the trained fixture, and a PNG grid.
@@ -26,23 +28,34 @@ from typing import Any
 
 import torch
 
-from . import defaults, fewsteps
+from . import defaults, dit_report, fewsteps
 from .defaults import DefaultsRow
+from .dit_study import DIT_METHODS
 from .fewsteps import FewStepsRow
 from .harness import DIFFUSERS_PREFIX, RIG_ARCHS, SAMPLERS
 from .report import Report, parse_grid
-from .speed import run
+from .speed import add_timing_args, run
 from .study import (
     METHODS,
     SAMPLER_NAMES,
     StudyRow,
     equal_flops_study,
+    equal_quality_report,
     save_curves,
     to_json,
     to_markdown,
 )
 
-DEFAULT_GRID = "2x0,2x1,2x2,3x0,3x1,3x2,5x0,5x1,5x2,5x0n"
+UNET_DEFAULTS = {
+    "samplers": "Euler,DPM++ 2M,DPM++ SDE", "intervals": "3,5", "curve_intervals": (2, 4, 6, 8),
+    "methods": METHODS,
+}  # fmt: skip
+# The default run: the recommended interval and the fastest, over 10 steps: few enough UNet
+# calls to pair and repeat each row in under 5 minutes on 2 cores (N=3 refreshes 4 times in 10
+# steps, so its FLOP speedup stays under the limit S; N=5 reaches it). The docs' full grid:
+# --grid 2x0,2x1,2x2,3x0,3x1,3x2,5x0,5x1,5x2,5x0n --steps 30.
+DEFAULT_GRID = "3x0,5x0"
+DEFAULT_STEPS = 10
 QUICK_GRID = "3x0,5x1n"
 
 
@@ -54,14 +67,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=None, help="model channels (default: real)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="euler")
-    parser.add_argument("--steps", type=int, default=30, help="30: divisible by N = 2, 3, 5")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="default 10 (grid), 30 (studies), 6 (--quick)"
+    )
     parser.add_argument("--size", type=int, default=16, help="latent side (pixels / 8)")
     parser.add_argument(
         "--grid", type=parse_grid, default=None, help='e.g. "3x0,5x1n,3x0a0.2" (see parse_grid)'
     )
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="timed repeats per setting (--quick: at least 3)"
-    )
+    add_timing_args(parser)
     parser.add_argument("--checkpoint", type=Path, default=None, help="WebUI .safetensors")
     parser.add_argument("--quality", action="store_true", help="fidelity on the trained fixture")
     _add_study_args(parser)
@@ -77,14 +90,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--checkpoint loads a WebUI (ldm) checkpoint; choose an ldm --arch")
     if args.quick:
         args.width = args.width or 32
-        args.steps = 6 if args.steps == 30 else args.steps
+        args.steps = args.steps or 6
         args.grid = args.grid or parse_grid(QUICK_GRID)
-        # one repeat of a tiny model is mostly timer noise: medians over three at least
+        # one pair of a tiny model is mostly timer noise: three at least
         args.repeats = max(args.repeats, 3)
+    args.steps = args.steps or (30 if args.study else DEFAULT_STEPS)
     args.grid = args.grid or parse_grid(DEFAULT_GRID)
     if args.study:
+        known = DIT_METHODS if args.family == "dit" else METHODS
+        family = dit_report.DEFAULTS if args.family == "dit" else UNET_DEFAULTS
+        args.samplers = args.samplers or family["samplers"]
+        args.intervals = args.intervals or family["intervals"]
+        args.methods = args.methods or ",".join(family["methods"])
+        args.curve_intervals = family["curve_intervals"]
         args.samplers = _names(parser, "--samplers", args.samplers, list(SAMPLER_NAMES))
-        methods = _names(parser, "--methods", args.methods, METHODS, allow_none=True)
+        methods = _names(parser, "--methods", args.methods, known, allow_none=True)
         args.methods = ["uniform"] + [name for name in methods if name != "uniform"]
         args.intervals = [int(n) for n in args.intervals.split(",")]
         args.step_counts = [int(n) for n in args.step_counts.split(",")]
@@ -109,13 +129,18 @@ def _add_study_args(parser: argparse.ArgumentParser) -> None:
         "(interval, depth) grid on each layout's fixture to choose its defaults (defaults.py)",
     )
     parser.add_argument(
-        "--samplers", default="Euler,DPM++ 2M,DPM++ SDE", help="study: comma-separated"
+        "--family",
+        choices=["unet", "dit"],
+        default="unet",
+        help="equal-flops study: the trained UNet fixture, or the transformer one (dit_report.py)",
     )
-    parser.add_argument("--intervals", default="3,5", help="study: uniform intervals to match")
+    parser.add_argument("--samplers", default=None, help="study: comma-separated")
+    parser.add_argument("--intervals", default=None, help="study: uniform intervals to match")
     parser.add_argument(
         "--methods",
-        default=",".join(METHODS),
-        help="study: comma-separated, from " + ", ".join(METHODS) + " (uniform always runs)",
+        default=None,
+        help="study: comma-separated, from " + ", ".join(METHODS) + " (--family dit: "
+        + ", ".join(DIT_METHODS) + "); uniform always runs",
     )
     parser.add_argument(
         "--step-counts",
@@ -180,8 +205,12 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     return list(range(args.seed_start, args.seed_start + args.seeds))
 
 
-def _study(args: argparse.Namespace) -> list[StudyRow]:
+def _study(args: argparse.Namespace) -> list[StudyRow] | str:
     seeds = _seeds(args)
+    if args.family == "dit":
+        runs = len(args.samplers) * (1 + len(args.intervals) * len(args.methods))
+        with _progress(runs, "dit", "cell") as tick:
+            return dit_report.run(args, seeds, tick)
     runs = len(args.samplers) * (1 + len(args.intervals) * len(args.methods))
     with _progress(runs, "study", "cell") as tick:
         rows = equal_flops_study(
@@ -191,9 +220,14 @@ def _study(args: argparse.Namespace) -> list[StudyRow]:
         f"trained fixture, seeds {seeds[0]}-{seeds[-1]}, {args.steps} steps, depth 0; "
         "Δ = method - uniform per seed, mean and 95 % CI"
     )
-    print(to_markdown(rows, header))
+    report = to_markdown(rows, header)
+    if args.curve_intervals:
+        report += "\n" + equal_quality_report(
+            rows, args.curve_intervals, seeds, args.steps, args.png.with_name("equal-quality.png")
+        )
+    print(report)
     _write(args.json, to_json(rows))
-    _write(args.markdown, to_markdown(rows, header))
+    _write(args.markdown, report)
     save_curves(rows, args.png)
     print(f"curves: {args.png}")
     return rows

@@ -6,10 +6,10 @@ or ``diffusers`` for the ``diffusers-*`` archs (SD.Next's UNet class); the engin
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import k_diffusion
 import torch
 
 from .archs import (
@@ -19,6 +19,14 @@ from .archs import (
     build_unet,
     unet_config,
 )
+
+with warnings.catch_warnings():
+    # k_diffusion's __init__ imports its FID/CLIP evaluation module, whose ``import clip`` runs
+    # ``from pkg_resources import packaging``, and setuptools warns on every run that
+    # pkg_resources is deprecated. Nothing here uses clip, and no import of k_diffusion.sampling
+    # avoids the package's __init__: silence that one warning, for this import only.
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+    import k_diffusion
 
 DIFFUSERS_PREFIX = "diffusers-"
 # Every arch a rig can be made of: the ldm ones and the diffusers ones.

@@ -5,6 +5,7 @@ fidelity on the trained fixture."""
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -17,39 +18,77 @@ from ..engine.session import DeepCacheSession
 from .archs import sdpa_attention
 from .flops import count_unit_flops, schedule_speedup, speed_limit
 from .harness import Rig, make_rig
-from .report import Report
+from .pairing import MIN_PAIRS, Policy, RowTiming, Timed, pairs_text, time_pairs
+from .report import Report, Row
 
 QUALITY_SEEDS = list(range(16))
 
 
+def add_timing_args(parser: argparse.ArgumentParser) -> None:
+    """``--repeats``, ``--spread``, ``--budget``: how long each row is paired (:class:`Policy`)."""
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="at most this many pairs (a cached run between two uncached ones) per row; a row "
+        f"stops at {MIN_PAIRS} or more once their range is within --spread",
+    )
+    parser.add_argument(
+        "--spread", type=float, default=0.10, help="tight range: (max - min) / median (0.10)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=240.0,
+        help="seconds from the start after which no row gets another pair (0: none); every "
+        "row gets one (default 240: the default run stays under 5 minutes on 2 cores)",
+    )
+
+
 def run(args: argparse.Namespace) -> Report:
     """Time every row of ``args.grid`` against uncached runs, and fill in its FLOP figures."""
+    started = time.monotonic()
     device = torch.device(args.device)
     rig = make_rig(args.arch, width=args.width, seed=args.seed, size=args.size)
     if args.checkpoint is not None:
         load_checkpoint(rig.unet, args.checkpoint)
     rig.model.to(device)
     rig.denoiser.to(device)
-    report = Report(settings=_settings(args), rows=args.grid)
-    off_times, on_times = _time_rows(rig, args, device)
-    off = statistics.median(off_times)
+    policy = Policy(args.repeats, args.spread, args.budget)
+    report = Report(settings=_settings(args, policy), rows=args.grid, policy=policy)
+    load = _load()
+    timed = _time_rows(rig, args, device, policy, started)
+    report.budget_hit = timed.budget_hit
+    report.settings["load"] = f"{load} at start, {_load()} at end ({os.cpu_count()} cores)"
     counted = count_unit_flops(rig.unet, *rig.meta_call(2, args.size))
-    for row, on in zip(report.rows, on_times, strict=True):
+    for row, timing in zip(report.rows, timed.rows, strict=True):
         row.shallow_share = counted.shallow_share(effective_depth(row.depth, counted.num_blocks))
         row.flop_speedup = schedule_speedup(row.full_steps, row.cached_steps, row.shallow_share)
         row.limit = speed_limit(row.interval, row.shallow_share)
-        row.unet_seconds_off = off
-        row.unet_seconds_on = statistics.median(on)
-        row.measured_speedup = off / row.unet_seconds_on
-        paired = [bracket / cached for bracket, cached in zip(off_times, on, strict=True)]
-        row.speedup_low, row.speedup_high = min(paired), max(paired)
-        row.efficiency = row.measured_speedup / row.flop_speedup
+        fill_timing(row, timing, policy)
     if args.quality:
         add_quality(report, args)
     return report
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
+def fill_timing(row: Row, timing: RowTiming, policy: Policy) -> None:
+    """A row's timing columns from its pairs (its FLOP speedup must be filled in already)."""
+    row.unet_seconds_off = statistics.median(timing.uncached)
+    row.unet_seconds_on = statistics.median(timing.cached)
+    row.pairs = timing.speedups
+    row.measured_speedup = timing.median
+    row.speedup_low, row.speedup_high = min(row.pairs), max(row.pairs)
+    row.wide = not timing.tight(policy)
+    row.efficiency = row.measured_speedup / row.flop_speedup
+
+
+def _load() -> str:
+    """The 1-minute load average, so that the reader sees how busy the machine was: another
+    program on the cores widens every range."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "unknown"
+
+
+def _settings(args: argparse.Namespace, policy: Policy) -> dict[str, Any]:
     return {
         "arch": args.arch,
         "width": args.width or "full",
@@ -58,54 +97,54 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
         "latent": f"{args.size}x{args.size}",
         "CFG batch": 2,
-        "repeats": args.repeats,
+        "pairs": pairs_text(policy),
         "checkpoint": str(args.checkpoint) if args.checkpoint else "seeded weights",
     }
 
 
 def _time_rows(
-    rig: Rig, args: argparse.Namespace, device: torch.device
-) -> tuple[list[float], list[list[float]]]:
-    """UNet seconds per repeat: the uncached time (the mean of the two runs bracketing the
-    repeat's cached runs), and each row's cached runs. Fills each row's step counts and cache
-    peak on the way."""
+    rig: Rig, args: argparse.Namespace, device: torch.device, policy: Policy, started: float
+) -> Timed:
+    """Each row's pairs of UNet seconds (:func:`time_pairs`), after a warm-up. Fills each row's
+    step counts and cache peak on the way."""
     from tqdm import tqdm
 
     rows = args.grid
     sigmas = rig.sigmas(args.steps)
     grid = rig.timestep_grid(sigmas)
-    off_times: list[float] = []
-    on_times: list[list[float]] = [[] for _ in rows]
     timer = UnetTimer(rig.unet, device)
-    progress = tqdm(total=args.repeats * (len(rows) + 2), desc="bench", unit="run")
+    progress = tqdm(total=1 + 2 * len(rows) * policy.max_pairs, desc="bench", unit="run")
 
-    def sample(params: DeepCacheParams) -> DeepCacheSession:
+    def sample(params: DeepCacheParams, what: str) -> DeepCacheSession:
         session = DeepCacheSession(rig.unet, params, args.steps, grid)
         timer.reset(session)
         with session:
             rig.sample(
                 args.sampler, args.steps, batch=1, size=args.size, sigmas=sigmas, device=device
             )
+        progress.set_postfix_str(what)
         progress.update()
         return session
+
+    def uncached() -> float:
+        sample(DeepCacheParams(), "uncached")
+        return timer.seconds
+
+    def cached(i: int) -> float:
+        row = rows[i]
+        stats = sample(row.params(), row.label).stats
+        row.full_steps, row.cached_steps = stats.full_steps, stats.cached_steps
+        row.cache_peak_mb = max(row.cache_peak_mb, timer.peak_bytes / 2**20)
+        return timer.seconds
 
     try:
         with sdpa_attention():
             rig.sample(args.sampler, 2, batch=1, size=args.size, device=device)  # warm-up
-            for _ in range(args.repeats):
-                sample(DeepCacheParams())
-                bracket = timer.seconds
-                for row, on in zip(rows, on_times, strict=True):
-                    stats = sample(row.params()).stats
-                    on.append(timer.seconds)
-                    row.full_steps, row.cached_steps = stats.full_steps, stats.cached_steps
-                    row.cache_peak_mb = max(row.cache_peak_mb, timer.peak_bytes / 2**20)
-                sample(DeepCacheParams())
-                off_times.append((bracket + timer.seconds) / 2)
+            return time_pairs(len(rows), uncached, cached, policy, started=started)
     finally:
         timer.remove()
+        progress.total = progress.n  # rows that agreed early leave runs undone
         progress.close()
-    return off_times, on_times
 
 
 def add_quality(report: Report, args: argparse.Namespace) -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.params import DeepCacheParams
+from . import equal_quality
+from .equal_quality import Point
 from .fidelity import (
     Calibrated,
     FixtureSampler,
@@ -113,9 +115,59 @@ def equal_flops_study(
                     found = Calibrated(None, flop_speedup(stats, share), images, counts(stats))
                 target = target or found.flop_speedup  # uniform runs first
                 scores[method] = per_image(reference, found.images)
-                rows.append(_row(method, name, interval, target, found, scores))
+                rows.append(study_row(method, name, interval, target, found, scores))
                 tick(f"{name} N={interval} {method}")
     return rows
+
+
+def curve_points(
+    samplers: Sequence[str],
+    intervals: Sequence[int],
+    seeds: Sequence[int],
+    steps: int = 30,
+    depth: int = 0,
+) -> list[Point]:
+    """Uniform and forecast at more intervals: points of their speed/fidelity curves, for the
+    equal-quality table (:mod:`.equal_quality`)."""
+    fixture = FixtureSampler()
+    seeds = list(seeds)
+    share = fixture.shallow_share(depth, len(seeds))
+    points = []
+    for name in samplers:
+        reference, _ = fixture.sample(seeds, steps, SAMPLER_NAMES[name])
+        for interval in intervals:
+            for method in ("uniform", "forecast"):
+                params = _params(method, interval, depth)
+                images, stats = fixture.sample(seeds, steps, SAMPLER_NAMES[name], params)
+                psnr, ssim = per_image(reference, images)
+                speed = flop_speedup(stats, share)
+                points.append(Point(method, name, interval, speed, psnr.mean(), ssim.mean()))
+    return points
+
+
+def equal_quality_report(
+    rows: Sequence[StudyRow], curve_intervals: Sequence[int], seeds: Sequence[int], steps: int,
+    png: Path,
+) -> str:  # fmt: skip
+    """The equal-quality table of the UNet study (rows plus :func:`curve_points`); its plot."""
+    samplers = list(dict.fromkeys(r.sampler for r in rows))
+    intervals = [n for n in curve_intervals if n not in {r.interval for r in rows}]
+    points = row_points(rows) + curve_points(samplers, intervals, seeds, steps)
+    bars = {
+        r.sampler: (r.flop_speedup, r.psnr, r.ssim)
+        for r in rows
+        if r.method == "uniform" and r.interval == 3
+    }
+    if bars:
+        equal_quality.save_plot(points, bars, png)
+    return equal_quality.to_markdown(
+        equal_quality.equal_quality(points, bars), "Speed at the quality of uniform N = 3"
+    )
+
+
+def row_points(rows: Sequence[StudyRow]) -> list[Point]:
+    """The study's own rows as curve points."""
+    return [Point(r.method, r.sampler, r.threshold, r.flop_speedup, r.psnr, r.ssim) for r in rows]
 
 
 def _params(method: str, interval: int, depth: int) -> DeepCacheParams:
@@ -124,7 +176,7 @@ def _params(method: str, interval: int, depth: int) -> DeepCacheParams:
     return DeepCacheParams(True, interval, depth, schedule=method)
 
 
-def _row(
+def study_row(
     method: str,
     sampler: str,
     interval: int,

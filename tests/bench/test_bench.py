@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,8 @@ from lib_deepcache.bench import speed
 from lib_deepcache.bench.archs import build_unet
 from lib_deepcache.bench.flops import count_block_flops, speed_limit
 from lib_deepcache.engine.params import DeepCacheParamError, DeepCacheParams
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_checkpoints_are_refused_for_diffusers_archs(tmp_path):
@@ -37,9 +42,9 @@ def test_checkpoints_are_refused_for_diffusers_archs(tmp_path):
     ],
 )
 def test_quick_bench_writes_a_consistent_report(tmp_path, capsys, argv, rows):
-    report = bench.main(
-        ["--quick", *argv, "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]
-    )
+    outputs = ["--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]
+    # three pairs per row, no time budget: a busy machine must not stop rows before them
+    report = bench.main(["--quick", "--repeats", "3", "--budget", "0", *argv, *outputs])
     assert [(r.label, r.interval, r.full_steps) for r in report.rows] == rows
     for row in report.rows:
         assert row.full_steps + row.cached_steps == 6
@@ -50,17 +55,43 @@ def test_quick_bench_writes_a_consistent_report(tmp_path, capsys, argv, rows):
         assert 1 < row.flop_speedup <= row.limit * (1 + 1e-9)
         assert row.unet_seconds_off > 0 and row.unet_seconds_on > 0
         assert row.cache_peak_mb > 0
-        assert 0 < row.speedup_low <= row.speedup_high  # the spread over the three repeats
+        # median and range are the three pairs'
+        assert len(row.pairs) == 3
+        assert row.speedup_low == min(row.pairs) and row.speedup_high == max(row.pairs)
+        assert row.speedup_low <= row.measured_speedup <= row.speedup_high
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["settings"]["steps"] == 6 and len(data["rows"]) == 2
-    assert data["settings"]["repeats"] == 3  # --quick times three interleaved repeats
-    assert {"flop_speedup", "limit", "measured_speedup", "efficiency", "cache_peak_mb"} <= set(
+    tight = "3 per row (tight: range within 10% of the median), no time budget"
+    assert data["settings"]["pairs"] == tight
+    assert data["how_to_read"] == report.how_to_read()
+    assert data["settings"]["load"].endswith(" cores)")  # how busy the machine was
+    assert {"flop_speedup", "limit", "measured_speedup", "pairs", "mark", "cache_peak_mb"} <= set(
         data["rows"][0]
     )
     markdown = (tmp_path / "r.md").read_text()
     assert "| config | full/cached |" in markdown and rows[1][0] in markdown
-    assert "range over repeats" in markdown
-    assert rows[0][0] in capsys.readouterr().out
+    assert "| range | pairs |" in markdown
+    printed = capsys.readouterr().out
+    assert rows[0][0] in printed and report.how_to_read() in printed.splitlines()
+
+
+def test_the_default_run_is_the_short_paired_grid_and_studies_keep_30_steps():
+    args = bench.parse_args([])
+    assert [row.label for row in args.grid] == ["N=3 b=0 uniform", "N=5 b=0 uniform"]
+    assert (args.steps, args.repeats, args.spread, args.budget) == (10, 5, 0.10, 240.0)
+    assert bench.parse_args(["--study", "few-steps"]).steps == 30
+    assert bench.parse_args(["--quick"]).steps == 6
+    assert bench.parse_args(["--steps", "20", "--quick"]).steps == 20
+
+
+def test_the_first_lines_carry_no_pkg_resources_warning():
+    """k_diffusion imports clip, which imports pkg_resources: setuptools warned on every run.
+    A fresh interpreter with Python's default warning filters, not pytest's."""
+    code = "import lib_deepcache.bench.cli"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert "pkg_resources" not in done.stderr, done.stderr
 
 
 # 30 steps: N=2 refreshes at 0, 2, ..., 28 (15 full); N=3 at 0, 3, ..., 27 (10); N=5 at 0, 5,

@@ -27,9 +27,14 @@ def test_study_command_writes_every_method_at_the_uniform_speedup(tmp_path):
         [
             "--study", "equal-flops", "--samplers", "Euler", "--intervals", "3", "--seeds", "2",
             "--steps", "6", "--json", str(out), "--png", str(tmp_path / "curves.png"),
+            "--markdown", str(tmp_path / "study.md"),
         ]
     )  # fmt: skip
     rows = {row["method"]: row for row in json.loads(out.read_text())}
+    # the equal-quality table, read off uniform's and forecast's curves over more intervals
+    table = (tmp_path / "study.md").read_text().split("Speed at the quality of uniform N = 3")[1]
+    assert "| Euler | uniform | 2." in table and "| Euler | forecast |" in table
+    assert (tmp_path / "equal-quality.png").stat().st_size > 0
     assert set(rows) == {"uniform", "non-uniform", "adaptive", "forecast", "step-skip"}
     for row in rows.values():
         assert {"method", "sampler", "interval", "flop_speedup", "psnr", "ssim"} <= set(row)
