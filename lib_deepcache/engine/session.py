@@ -49,7 +49,8 @@ class SessionConflictError(RuntimeError):
 
 
 class DeepCacheSession:
-    """Applies DeepCache to ``unet`` (any supported denoiser) for one sampling pass of ``total_steps`` executed steps.
+    """Applies DeepCache to ``unet`` (any supported denoiser) for one sampling pass of
+    ``total_steps`` executed steps.
 
     ``timestep_grid``: the timesteps at which the sampler's steps start, when the host knows
     them; with it, midpoint evaluations of DPM2/DPM++ SDE-type samplers stay in their step.
