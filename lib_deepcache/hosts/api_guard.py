@@ -9,6 +9,12 @@ The args are only checked when they are this extension's: with another extension
 titled "DeepCache" loaded first, the host hands them to that one (``owns_title`` says which),
 and refusing them would break that extension's valid requests.
 
+Users first write the one-object form without its list, ``"args": {"enabled": true}``. Every
+host indexes ``args`` by position (a bare object answers 500: ``KeyError: 0``), so the guard
+rewrites such a request's DeepCache ``args`` to ``[{...}]``, the one-object form every host hands
+to the script unchanged: the body is parsed and written again with the standard ``json``
+module, which reads every other value back as the host's own parser does.
+
 Some routes take ``alwayson_scripts`` and drop them (SD.Next's ``/sdapi/v1/control``): no
 script runs there, so a request asking for DeepCache would silently get none. The guard lets
 such a request through and tells a :class:`ScriptlessRoute` while it runs, which says so.
@@ -43,25 +49,51 @@ class ScriptlessRoute(Protocol):
     def end(self) -> None: ...
 
 
-def _deepcache_entries(body: bytes) -> list[Any]:
-    """The request's ``alwayson_scripts`` entries titled DeepCache (any case); none for a body
-    that is not a JSON object."""
+def _load(body: bytes) -> Any:
+    """The parsed body; None for one that is not JSON."""
     try:
-        payload = json.loads(body or b"{}")
+        return json.loads(body or b"{}")
     except ValueError:
-        return []
+        return None
+
+
+def _entries_of(payload: Any) -> list[Any]:
+    """The ``alwayson_scripts`` entries titled DeepCache (any case); none for a payload that is
+    not a JSON object."""
     scripts = payload.get("alwayson_scripts") if isinstance(payload, dict) else None
     if not isinstance(scripts, dict):
         return []
     return [entry for title, entry in scripts.items() if str(title).lower() == SCRIPT_TITLE]
 
 
+def _deepcache_entries(body: bytes) -> list[Any]:
+    return _entries_of(_load(body))
+
+
+def _args_of(entry: Any) -> Any:
+    """An entry's ``args``, a bare object read as the one-object list form."""
+    args = entry.get("args", []) if isinstance(entry, dict) else entry
+    return [args] if isinstance(args, dict) else args
+
+
+def with_listed_args(body: bytes) -> bytes | None:
+    """The body with each bare-object DeepCache ``args`` written as ``[{...}]``; None when no
+    entry has one (the body then goes to the host untouched, byte for byte)."""
+    payload = _load(body)
+    entries = [entry for entry in _entries_of(payload) if isinstance(entry, dict)]
+    bare = [entry for entry in entries if isinstance(entry.get("args"), dict)]
+    if not bare:
+        return None
+    for entry in bare:
+        entry["args"] = [entry["args"]]
+    return json.dumps(payload).encode()
+
+
 def asks_for_deepcache(body: bytes) -> bool:
     """Whether the request asks for DeepCache: enabled args, or args too broken to tell."""
     for entry in _deepcache_entries(body):
         try:
-            args = entry.get("args", []) if isinstance(entry, dict) else entry
-            if ScriptArgs.from_args(args).enabled:
+            if ScriptArgs.from_args(_args_of(entry)).enabled:
                 return True
         except DeepCacheParamError:
             return True
@@ -78,9 +110,8 @@ def check_request(body: bytes) -> DeepCacheParamError | None:
             return DeepCacheParamError(
                 "alwayson_scripts.DeepCache", entry, 'an object {"args": [...]}'
             )
-        args = entry.get("args", [])
         try:
-            ScriptArgs.from_args(args)
+            ScriptArgs.from_args(_args_of(entry))
         except DeepCacheParamError as error:
             return error
     return None
@@ -136,6 +167,10 @@ class ApiArgsGuard:
         if scriptless:
             await self._run_scriptless(asks_for_deepcache(body), scope, replay, send)
             return
+        listed = with_listed_args(body)
+        if listed is not None:
+            scope, replay = _with_body(scope, listed, receive)
+            body = listed
         error = check_request(body)
         if error is not None:
             payload = error_body(error)
@@ -157,6 +192,19 @@ class ApiArgsGuard:
             await self.app(scope, receive, send)
         finally:
             self.scriptless.end()
+
+
+def _with_body(scope: Scope, body: bytes, receive: Receive) -> tuple[Scope, Receive]:
+    """The request as the route must see it with a rewritten body: one ``http.request``
+    message, and a ``content-length`` header that matches it."""
+    headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return {**scope, "headers": headers}, replay
 
 
 def install(

@@ -64,7 +64,8 @@ def patch_unet_patcher(patcher: Any, session: DeepCacheSession) -> Any:
 
 
 def diffusion_model_of(patcher: Any) -> Any:
-    """The UNet module a patcher evaluates (``patcher.model.diffusion_model``)."""
+    """The model a patcher evaluates (``patcher.model.diffusion_model``): a UNet, or Forge's
+    Flux, Chroma or SD3 (MMDiT) transformer."""
     return patcher.model.diffusion_model
 
 

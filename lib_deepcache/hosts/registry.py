@@ -2,7 +2,8 @@
 
 * Forge: ``sd_model.forge_objects`` (its UNet patcher);
 * AUTOMATIC1111: an ldm/sgm ``UNetModel`` at ``sd_model.model.diffusion_model``;
-* SD.Next: a diffusers pipeline with a ``unet`` module;
+* SD.Next: a diffusers pipeline with a ``unet`` or a ``transformer`` module (Flux, SD3,
+  Chroma), or any other diffusers pipeline (its adapter then names what it cannot cache);
 * anything else: :class:`Unsupported`, which says so once and leaves generation uncached.
 
 A new host is one module with a :class:`HostAdapter` and one line here.
@@ -13,13 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from . import console, webui
 from .a1111 import A1111
 from .base import HostAdapter, Unsupported
 from .forge import Forge
-from .sdnext import ControlApiNotice, SdNext, offer_in_control_tab
+from .sdnext import ControlApiNotice, SdNext, is_diffusers_pipeline, offer_in_control_tab
 
 
 def adapter_for(model: Any) -> HostAdapter:
@@ -28,7 +27,7 @@ def adapter_for(model: Any) -> HostAdapter:
         return Forge()
     if hasattr(getattr(model, "model", None), "diffusion_model"):
         return A1111()
-    if isinstance(getattr(model, "unet", None), torch.nn.Module):
+    if is_diffusers_pipeline(model):
         return SdNext()
     return Unsupported(model)
 

@@ -10,6 +10,7 @@ the host adapter only moves values around.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -167,6 +168,31 @@ class ScriptArgs:
             parsed = DeepCacheParams.from_infotext(str(hires_text))
             hires = DeepCacheParams(enabled=True, interval=parsed.interval, depth=parsed.depth)
         return cls(first, replace(hires, **_shared_with_hires(first)))
+
+
+def pasted(fields: Mapping[str, Any]) -> tuple[ScriptArgs, str | None]:
+    """What a paste (PNG Info's *Send to txt2img*, the paste button) restores, and why not.
+
+    The infotext's settings; or, when its DeepCache keys cannot be read (a text cut in the
+    middle, unknown words, numbers out of range or not finite, which the page's JSON cannot
+    carry), the defaults and one sentence saying so, for the page to show once. It never raises:
+    SD.Next calls the paste readers unguarded, and one exception loses the whole paste.
+    """
+    try:
+        args = ScriptArgs.from_infotext(fields)
+        _refuse_non_finite(args)
+    except DeepCacheParamError as error:
+        written = {key: fields[key] for key in (INFOTEXT_KEY, INFOTEXT_HIRES_KEY) if key in fields}
+        return ScriptArgs.defaults(), (
+            f"DeepCache: cannot paste {written}: {error}; pasted the defaults (DeepCache off)"
+        )
+    return args, None
+
+
+def _refuse_non_finite(args: ScriptArgs) -> None:
+    for field, value in args.to_dict().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DeepCacheParamError(field, value, "a finite number")
 
 
 def _shared_with_hires(first: DeepCacheParams) -> dict[str, Any]:

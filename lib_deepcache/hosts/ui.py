@@ -12,9 +12,9 @@ from typing import Any
 
 import gradio as gr
 
-from ..engine.params import MAX_DEPTH, SCHEDULES, DeepCacheParamError
+from ..engine.params import MAX_DEPTH, SCHEDULES
 from . import webui
-from .script_args import ARG_NAMES, ScriptArgs
+from .script_args import ARG_NAMES, ScriptArgs, pasted
 
 logger = logging.getLogger("deepcache")
 
@@ -98,14 +98,15 @@ def paste_fields(controls: list[Any]) -> list[tuple[Any, Callable[[dict[str, Any
 
 
 def _paste_value(name: str) -> Callable[[dict[str, Any]], Any]:
-    """Infotext → one control's value; a missing ``DeepCache`` key pastes 'disabled'."""
+    """Infotext → one control's value; a missing ``DeepCache`` key pastes 'disabled', an
+    unreadable one the defaults. The host calls every control's reader once per paste: the
+    first control's says why, so the console says it once."""
 
     def value(fields: dict[str, Any]) -> Any:
-        try:
-            return ScriptArgs.from_infotext(fields).to_dict()[name]
-        except DeepCacheParamError as error:
-            logger.warning("DeepCache: cannot paste %s: %s", name, error)
-            return gr.update()
+        args, problem = pasted(fields)
+        if problem is not None and name == ARG_NAMES[0]:
+            logger.warning("%s", problem)
+        return args.to_dict()[name]
 
     return value
 

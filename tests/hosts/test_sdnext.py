@@ -18,9 +18,12 @@ from diffusers import (
 from lib_deepcache.bench.archs import build_diffusers_unet
 from lib_deepcache.engine.clock import StepClock
 from lib_deepcache.engine.generation import GenerationRun
+from lib_deepcache.engine.layout import UnsupportedUNetError
 from lib_deepcache.hosts import webui
+from lib_deepcache.hosts.registry import adapter_for
 from lib_deepcache.hosts.script_args import ScriptArgs
-from lib_deepcache.hosts.sdnext import SdNext, scheduler_steps
+from lib_deepcache.hosts.sdnext import SdNext, scheduler_steps, timestep_units
+from tests.hosts import sdnext_pipelines
 
 
 @pytest.mark.parametrize("scheduler_class", [DDIMScheduler, EulerDiscreteScheduler])
@@ -124,3 +127,108 @@ def test_the_refiner_pass_of_a_pipeline_run_stays_uncached(monkeypatch):
     assert run.counts_infotext() == "2 full / 2 cached"
     assert all(torch.equal(a, b) for a, b in zip(refined, reference, strict=True))
     assert not unet._forward_pre_hooks
+
+
+# ----------------------------------------------------------------------------- transformers
+def _received_timesteps(pipe, on_first_call):
+    """Record the ``timestep`` of every transformer call; ``on_first_call(t)`` is asked at the
+    first, when the scheduler is set up for the pass (as the adapter's watcher asks)."""
+    received: list[float] = []
+
+    def hook(module, args, kwargs):
+        t = float(kwargs["timestep"].reshape(-1)[0])
+        if not received:
+            on_first_call(t)
+        received.append(t)
+
+    pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    return received
+
+
+def _steps(received: list[float]) -> list[float]:
+    """One entry per step: Chroma calls its transformer twice a step (prompt, then negative)."""
+    return [t for i, t in enumerate(received) if i == 0 or t != received[i - 1]]
+
+
+@pytest.mark.parametrize("family", sdnext_pipelines.FAMILIES)
+@pytest.mark.parametrize("strength", [None, 0.5], ids=["txt2img", "img2img"])
+def test_a_transformer_pass_is_planned_in_the_units_its_transformer_receives(family, strength):
+    """Flux and Chroma pipelines hand their transformer the scheduler's timestep / 1000, SD3's
+    the timestep itself: the executed steps and the grid must be exactly what the real pipeline
+    passes (12 steps; img2img at strength 0.5 runs the last 6)."""
+    pipe = sdnext_pipelines.pipeline(family, img2img=strength is not None)
+    units = timestep_units(pipe.transformer)
+    plans = []
+    received = _received_timesteps(
+        pipe, lambda t: plans.append(scheduler_steps(pipe.scheduler, t, units))
+    )
+    sdnext_pipelines.run(pipe, family, steps=12, strength=strength)
+    steps = _steps(received)
+    assert len(steps) == (12 if strength is None else 6)
+    assert plans == [(len(steps), steps)]
+
+
+def test_a_bfloat16_flux_pass_gets_the_grid_its_transformer_receives():
+    """In bfloat16 the Flux pipeline casts the timestep before dividing: its transformer gets
+    0.97265625 for the scheduler's 970.59 (not 0.97059), farther from the float grid than the
+    step clock's slack; the grid must carry the same rounding."""
+    pipe = sdnext_pipelines.pipeline("flux").to(torch.bfloat16)
+    plans = []
+    units = timestep_units(pipe.transformer)
+    received = _received_timesteps(
+        pipe, lambda t: plans.append(scheduler_steps(pipe.scheduler, t, units))
+    )
+    sdnext_pipelines.run(pipe, "flux", steps=12)
+    assert received[1] == 0.97265625  # the pipeline's rounding, seen once by hand
+    assert plans == [(12, received)]
+    clock = StepClock(plans[0][1])
+    assert [clock.observe(t).step for t in received] == list(range(12))
+
+
+def test_sd3_timesteps_stay_in_the_schedulers_units():
+    pipe = sdnext_pipelines.pipeline("sd3")
+    assert timestep_units(pipe.transformer)(967.8447265625) == 967.8447265625
+    flux = sdnext_pipelines.pipeline("flux")
+    assert timestep_units(flux.transformer)(750.0) == 0.75
+
+
+@pytest.mark.parametrize("family", sdnext_pipelines.FAMILIES)
+def test_a_transformer_pipeline_gets_the_sdnext_adapter(family):
+    assert type(adapter_for(sdnext_pipelines.pipeline(family))) is SdNext
+
+
+class _OtherTransformer(torch.nn.Module):
+    """A transformer of a family DeepCache does not cache (e.g. a new model's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+
+
+def _on_batch_error(monkeypatch, model) -> str:
+    monkeypatch.setattr(webui, "sd_model", lambda: model)
+    adapter = adapter_for(model)
+    assert type(adapter) is SdNext
+    p = types.SimpleNamespace(deepcache_args=ScriptArgs.from_args([True]), steps=12)
+    with pytest.raises(UnsupportedUNetError) as error:
+        adapter.on_batch(GenerationRun(), p)
+    return str(error.value)
+
+
+def test_an_unknown_transformer_is_named_with_its_pipeline(monkeypatch):
+    """The words must be true: an SD.Next pipeline whose transformer DeepCache does not know,
+    not "not a model of AUTOMATIC1111, Forge or SD.Next"."""
+    model = type("HiDreamImagePipeline", (), {})()
+    model.transformer = _OtherTransformer()
+    message = _on_batch_error(monkeypatch, model)
+    assert message.startswith("HiDreamImagePipeline: _OtherTransformer ")
+    assert "SD.Next" not in message
+    assert not model.transformer._forward_pre_hooks
+
+
+def test_a_pipeline_without_unet_or_transformer_says_so(monkeypatch):
+    model = type("StableCascadeCombinedPipeline", (), {"components": {}})()
+    message = _on_batch_error(monkeypatch, model)
+    assert message == (
+        "StableCascadeCombinedPipeline has neither a unet nor a transformer module to cache"
+    )
