@@ -3,6 +3,8 @@ checked call for call against the residual rule re-implemented in tests/dit_supp
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -180,3 +182,75 @@ def test_a_new_batch_shape_misses_and_runs_fully():
     # step 2 reuses; step 3 (short) reuses step 0's
     assert (session.stats.full_steps, session.stats.cached_steps) == (2, 2)
     assert session.stats.miss_passes == 1
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_forecast_extrapolates_the_stored_residuals_from_the_last_two_full_steps(family):
+    """forecast 1: a cached step adds ``R1 + (R1 - R0) (t - t1) / (t1 - t0)`` of the residual
+    sums R0, R1 stored at the last two full steps (t: the step's sigma; the ratio is the same in
+    SD3's 0-1000 units); with one full step behind it, R1 as stored."""
+    model = BUILDERS[family]()
+    conds, steps = prompts(2), 7
+    sigmas = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    rule = ReferenceRule(model, depth=0)
+    history: dict[int, list[tuple[float, dict]]] = {0: [], 1: []}
+
+    def forecast(slot: int, sigma: float) -> dict:
+        if len(history[slot]) == 1:
+            return history[slot][0][1]
+        (t0, r0), (t1, r1) = history[slot][-2:]
+        scale = (sigma - t1) / (t1 - t0)
+        return {
+            stage: [b + (b - a) * scale for a, b in zip(r0[stage], r1[stage], strict=True)]
+            for stage in r1
+        }
+
+    def denoise(step, x, sigma, prompt, slot):
+        def run():
+            return call(model, x, sigma, prompt)
+
+        if step % 2 == 0:  # uniform interval 2: steps 0, 2, 4, 6 full
+            out, sums = rule.full(run)
+            history[slot].append((sigmas[step], sums))
+            return out
+        return rule.cached(run, forecast(slot, sigmas[step]))
+
+    expected = euler(model, steps, conds, denoise)
+    got, stats = engine_outputs(
+        model, steps, conds, DeepCacheParams(True, 2, 0, forecast=1.0, min_steps=0)
+    )
+    for index, (a, b) in enumerate(zip(got, expected, strict=True)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=f"call {index}")
+    assert (stats.full_steps, stats.cached_steps) == (4, 3)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "counts"),
+    # threshold 0: every change reaches it, every step full; threshold inf: only max_cached (2)
+    # ends a run of cached steps: full 0, 3, 6 (worked by hand over 7 steps)
+    [(0.0, (7, 0)), (math.inf, (3, 4))],
+)
+def test_adaptive_schedule_decides_on_the_transformer_too(threshold, counts):
+    params = DeepCacheParams(
+        True, 2, 0, schedule="adaptive", threshold=threshold, max_cached=2, min_steps=0
+    )
+    _, stats = engine_outputs(small_flux(), 7, prompts(1), params)
+    assert (stats.full_steps, stats.cached_steps) == counts
+
+
+def test_an_exception_mid_sampling_leaves_the_model_as_it_was():
+    model = small_flux()
+    conds = prompts(1)
+    plain = euler(model, 4, conds)
+
+    def failing(step, x, sigma, prompt, slot):
+        if step == 3:
+            raise KeyboardInterrupt
+        return call(model, x, sigma, prompt)
+
+    with pytest.raises(KeyboardInterrupt):
+        with DeepCacheSession(model, DeepCacheParams(True, 2, min_steps=0), total_steps=4):
+            euler(model, 4, conds, failing)
+    assert not [m for m in model.modules() if "forward" in m.__dict__]
+    assert not model._forward_pre_hooks
+    assert all(torch.equal(a, b) for a, b in zip(euler(model, 4, conds), plain, strict=True))
