@@ -13,6 +13,9 @@ from .build import HostError
 from .oracles import generation_ran
 from .payloads import Result, with_host_quirks
 
+RATE_LIMIT_RETRIES = 60
+RATE_LIMIT_WAIT_S = 2.0
+
 
 class HostApi:
     """HTTP for :class:`HostServer`, which supplies the name, the address and the log."""
@@ -35,7 +38,21 @@ class HostApi:
     def request(
         self, method: str, path: str, payload: Any = None, timeout: float = 600
     ) -> tuple[int, Any]:
-        """JSON in, (status, JSON or text) out; HTTP errors are answers, not exceptions."""
+        """JSON in, (status, JSON or text) out; HTTP errors are answers, not exceptions.
+
+        SD.Next limits its API per route and minute (txt2img: 60 a minute, HTTP 429 beyond);
+        the small test models go faster than that, so a refused request waits and is sent
+        again, as a patient client would."""
+        for _ in range(RATE_LIMIT_RETRIES):
+            status, body = self._request_once(method, path, payload, timeout)
+            if status != 429:
+                break
+            time.sleep(RATE_LIMIT_WAIT_S)
+        return status, body
+
+    def _request_once(
+        self, method: str, path: str, payload: Any, timeout: float
+    ) -> tuple[int, Any]:
         data = None if payload is None else json.dumps(payload).encode()
         req = urllib.request.Request(
             self.url + path,

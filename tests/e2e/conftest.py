@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.build import HostError
 from tests.e2e.hostctl import HOST_NAMES, HostServer, HostState
+from tests.e2e.skips import pin
 
 
 def selected_hosts(config: pytest.Config) -> tuple[str, ...]:
@@ -74,6 +75,14 @@ class HostPool:
             raise
         return server
 
+    def stopped(self, name: str) -> HostServer:
+        """The host, built and not running, for a test that starts it its own way."""
+        server = self.server(name)
+        if self.current is not None:
+            self.current.stop()
+        self.current = None
+        return server
+
     def close(self) -> None:
         """Stop every server we started and put the other extensions back as the build had them."""
         for name, server in self.servers.items():
@@ -84,12 +93,21 @@ class HostPool:
 
 
 def item_host(item: pytest.Item) -> str | None:
-    """The host a test runs against: its ``host`` parameter or a host fixture it uses."""
+    """The host a test runs against: its ``host`` or ``host_name`` parameter or a host fixture
+    it uses."""
     callspec = getattr(item, "callspec", None)
-    if callspec is not None and "host" in callspec.params:
-        return str(callspec.params["host"])
+    for param in ("host", "host_name"):
+        if callspec is not None and param in callspec.params:
+            return str(callspec.params[param])
     names = getattr(item, "fixturenames", ())
     return next((name for name in HOST_NAMES if name in names), None)
+
+
+def drives_its_host(item: pytest.Item) -> bool:
+    """A test parametrized by ``host_name`` starts and switches its host itself (through
+    ``host_pool``); the harness neither starts it nor puts it in one state."""
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "host_name" in callspec.params
 
 
 def item_state(item: pytest.Item) -> HostState:
@@ -100,6 +118,15 @@ def item_state(item: pytest.Item) -> HostState:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "host" in metafunc.fixturenames:
         metafunc.parametrize("host", selected_hosts(metafunc.config), indirect=True)
+    elif "host_name" in metafunc.fixturenames:
+        metafunc.parametrize("host_name", selected_hosts(metafunc.config))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Skips are pinned (tests/e2e/skips.py): one that is not expected fails its test."""
+    outcome = yield
+    pin(item, outcome.get_result())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -110,10 +137,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     others = [item for item in items if not item.get_closest_marker("e2e")]
 
-    def key(pair: tuple[int, pytest.Item]) -> tuple[int, tuple[bool, bool, bool, bool, str], int]:
+    def key(pair: tuple[int, pytest.Item]) -> tuple:
+        """A test that drives its host and names a state comes first in that state's group
+        (the host arrives in the previous group's state); one that names none runs after every
+        state of its host."""
         index, item = pair
         host = item_host(item)
-        return (order.get(host, len(order)) if host else -1, item_state(item).sort_key(), index)
+        rank = order.get(host, len(order)) if host else -1
+        driven = drives_its_host(item)
+        if driven and item.get_closest_marker("host_state") is None:
+            return (rank, 1, (), False, index)
+        return (rank, 0, item_state(item).sort_key(), not driven, index)
 
     items[:] = others + [item for _, item in sorted(e2e, key=key)]
 
@@ -133,7 +167,7 @@ def host_pool(
 def _host_in_state(request: pytest.FixtureRequest, host_pool: HostPool) -> None:
     """Start (or switch to) the test's host in the state its ``host_state`` marker asks for."""
     name = item_host(request.node)
-    if name is not None:
+    if name is not None and not drives_its_host(request.node):
         host_pool.activate(name, item_state(request.node))
 
 

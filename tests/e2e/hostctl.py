@@ -11,17 +11,22 @@ independently so that they can serve as the oracle for what the extension writes
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .api import HostApi
 from .build import HostError, build_host, tail
 from .extensions import install_tree, place_other_extension
 
 HOST_NAMES = ("a1111", "forge", "sdnext")
+# Added to every host's port, so that a second checkout (with its own DEEPCACHE_HOSTS_DIR) can
+# drive its own servers beside this one's without a clash.
+PORT_OFFSET = int(os.environ.get("DEEPCACHE_E2E_PORT_OFFSET", "0"))
 DEFAULT_FOLDER = "sd-webui-deepcache"
 START_TIMEOUT_S = 900
 
@@ -56,7 +61,7 @@ SPECS: dict[str, HostSpec] = {
         "data/extensions",
         "data/config.json",
         "sd-deepcache",
-        env=(("OMP_NUM_THREADS", "1"), ("FORGE_PORT", "7880")),
+        env=(("OMP_NUM_THREADS", "1"),),
     ),
     "sdnext": HostSpec(
         "sdnext",
@@ -114,7 +119,11 @@ class HostServer(HostApi):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.spec.port}"
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def port(self) -> int:
+        return self.spec.port + PORT_OFFSET
 
     @property
     def log_path(self) -> Path:
@@ -190,8 +199,10 @@ class HostServer(HostApi):
     def running(self) -> bool:
         return self.pid() is not None
 
-    def start(self, ui: bool = False) -> None:
-        """Start with the host's own start.sh, one torch thread, and wait until it answers."""
+    def start(self, ui: bool = False, settings: dict[str, Any] | None = None) -> None:
+        """Start with the host's own start.sh, one torch thread, and wait until it answers.
+        ``settings``: merged into the host's settings file for this run only (a checkpoint to
+        start with); the next start begins from the build's settings again."""
         if self.state is not None and self.running():
             raise HostError(f"{self.name}: already started by this session")
         leftover = self.pid()
@@ -201,7 +212,11 @@ class HostServer(HostApi):
                 f"stop it with {self.target / 'stop.sh'}"
             )
         self._restore_settings()
-        env = {**os.environ, **dict(self.spec.env), "PORT": str(self.spec.port)}
+        if settings:
+            config = self.target / self.spec.config
+            config.write_text(json.dumps({**json.loads(config.read_text()), **settings}))
+        port = str(self.port)
+        env = {**os.environ, **dict(self.spec.env), "PORT": port, "FORGE_PORT": port}
         args = [str(self.target / "start.sh"), *(["--ui"] if ui else []), *self.spec.start_args]
         if self.name == "forge":
             # Forge's page scripts live in webui/, but gradio 4 serves files only from the

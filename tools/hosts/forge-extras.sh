@@ -23,3 +23,33 @@ if [ ! -f "$full" ]; then
     --size full --out "$full.partial"
   mv "$full.partial" "$full"
 fi
+
+# --- SDXL (issue 23: SDXL and checkpoint switches in every host) -------------------------------
+# A single-file SDXL checkpoint that Forge's detection takes for SDXL (sdxl-random-narrow: SDXL's
+# blocks, depths and attention at 320 channels on every level; the text encoders and VAE at full
+# size, as Forge builds them from its own SDXL configs; 1184 M parameters, 2.3 GB fp16, seeded,
+# the same bytes on every build; made once, about a minute), by tools/hosts/make_forge_sdxl.py.
+# And the SDXL live-preview decoder that Forge, like A1111, would download before every SDXL
+# generation (offline: HTTP 500, URLError): seeded random weights, written by the same function
+# as A1111's (tools/hosts/make_sdxl_ckpt.py write_vae_approx); it only draws the previews.
+CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 "$target/venv/bin/python" "$here/make_forge_sdxl.py" \
+  "$target/webui" "$target/data/models/Stable-diffusion/sdxl-random-narrow.safetensors"
+approx="$target/data/models/VAE-approx"
+if [ ! -f "$approx/vaeapprox-sdxl.pt" ]; then
+  mkdir -p "$approx"
+  CUDA_VISIBLE_DEVICES= "$target/venv/bin/python" -c 'import sys
+sys.path.insert(0, sys.argv[1])
+from make_sdxl_ckpt import write_vae_approx
+write_vae_approx(sys.argv[2], 20240101)' "$here" "$approx/vaeapprox-sdxl.pt"
+fi
+
+# ---- SD3.5 (MMDiT) for tests/e2e/test_forge_sd3.py (tools/hosts/make_forge_sd3.py explains it)
+# Forge's T5 tokenizer (SD3, Flux and Chroma load it) is converted from its sentencepiece model
+# on load, and the sentencepiece pip resolves (0.2.3) needs protobuf >= 5 while Forge pins
+# protobuf 3.20.0: every such model fails to load ("cannot import name 'runtime_version' from
+# 'google.protobuf'"). sentencepiece 0.2.0 works with Forge's protobuf.
+"$target/venv/bin/python" -m pip --disable-pip-version-check install -q --no-deps \
+  "sentencepiece==0.2.0"
+sd3="$target/data/models/Stable-diffusion/sd35-random-small.safetensors"
+CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=1 "$target/venv/bin/python" "$here/make_forge_sd3.py" \
+  "$target/webui" "$sd3" --vae-approx-dir "$target/data/models/VAE-approx"
