@@ -63,7 +63,10 @@ def stopped_counts(body: Any) -> Any:
 def test_a_stop_midway_leaves_nothing_behind(host: HostServer, action: str, stage: str) -> None:
     """Interrupt or Skip after the second step of the first pass (40 steps) or of the hires
     pass (40 steps after a 12-step first pass): the host answers 200, the stopped loop's bar ends
-    early, any counts it wrote are those steps, and then nothing is left behind."""
+    early, any counts it wrote are those steps, and then nothing is left behind. The counts may
+    hold one step more than the bar: a stop that lands while a step's model call runs lets the
+    call finish (DeepCache ran it and counts it) and ends the loop before the bar ticks (seen
+    with SD.Next's Skip: 7 steps counted, 6 on the bar)."""
     fresh_results(host)  # before the fault
     name = "long" if stage == "first pass" else "long hires"
     when = in_first_pass if stage == "first pass" else in_hires_pass()
@@ -77,25 +80,33 @@ def test_a_stop_midway_leaves_nothing_behind(host: HostServer, action: str, stag
         assert loop_progress(log, SHORT_STEPS) == SHORT_STEPS, log[-3000:]
         if isinstance(counts, dict) and isinstance(counts.get("hires"), tuple):
             assert counts["first pass"] == (4, 8), counts
-            assert sum(counts["hires"]) == done, (counts, done)
+            assert sum(counts["hires"]) in (done, done + 1), (counts, done)
     elif isinstance(counts, tuple):
-        assert sum(counts) == done, (counts, done)
+        assert sum(counts) in (done, done + 1), (counts, done)
     assert_nothing_left(host, name)
 
 
 def failing_request(host: HostServer) -> tuple[str, dict[str, Any], int, str]:
-    """(route, payload, status, the host's error) of a request the host fails mid-run.
+    """(route, payload, status, the host's error) of a request that fails inside the host
+    mid-run, after DeepCache has cached a pass.
 
-    A1111 and Forge: CFG scale 1e30 overflows the latents to NaN; both passes run (cached), then
-    the host's NaN check raises ``NansException`` (HTTP 500). SD.Next has no NaN check; its
-    img2img at denoising strength 1.5 fails inside diffusers' pipeline (``ValueError``), which
-    SD.Next logs and answers 200 with no image.
+    A1111: CFG scale 1e30 overflows the latents to NaN; both passes run (cached), then the
+    host's NaN check raises ``NansException`` (HTTP 500). Forge's NaN check does nothing
+    (``devices.test_for_nans`` returns at once), so there its hires pass fails instead: the
+    first pass runs cached, then the Real-ESRGAN upscaler downloads its weights, which fails
+    offline (``RealESRGAN_x4plus.pth``); Forge logs the error and finishes the hires pass
+    (HTTP 200). SD.Next has no NaN check; its img2img at denoising strength 1.5 fails inside
+    diffusers' pipeline (``ValueError``), which SD.Next logs and answers 200 with no image.
     """
     on = deepcache(interval=3)
     if host.name == "sdnext":
         init = [png_b64(noise_image())]
         payload = base_payload(host, init_images=init, denoising_strength=1.5, alwayson_scripts=on)
         return "img2img", payload, 200, "The value of strength should in [0.0, 1.0]"
+    if host.name == "forge":
+        fields = {**hires(host), "hr_upscaler": "R-ESRGAN 4x+"}
+        payload = base_payload(host, **fields, alwayson_scripts=on)
+        return "txt2img", payload, 200, "RealESRGAN_x4plus"
     payload = base_payload(host, cfg_scale=1e30, **hires(host), alwayson_scripts=on)
     return "txt2img", payload, 500, "NansException"
 
