@@ -37,14 +37,12 @@ class GradioPage:
         assert len(ids) == 1, f"elem_id {elem_id!r}: {len(ids)} components"
         return ids[0]
 
-    def event(self, match: Callable[[Dependency], bool]) -> int:
-        """The one event (its ``fn_index``) that ``match`` accepts; events run by the page's
-        JavaScript alone (no server function) are left out."""
-        found = [
+    def events(self, match: Callable[[Dependency], bool]) -> list[int]:
+        """The events (their ``fn_index``) that ``match`` accepts, in the page's order; events
+        run by the page's JavaScript alone (no server function) are left out."""
+        return [
             i for i, d in enumerate(self.dependencies) if d.get("backend_fn", True) and match(d)
         ]
-        assert len(found) == 1, f"expected one gradio event, found {found}"
-        return found[0]
 
     def call(self, fn: int, data: list[Any]) -> list[Any]:
         """The event's outputs, in the order of its ``outputs``."""

@@ -92,21 +92,28 @@ def parse_counts(text: str) -> Any:
 
 # --------------------------------------------------------------------------- log oracle
 # A sampling loop's progress bar starts at "0/N": tqdm's "| 0/12 [" (A1111, Forge) and SD.Next's
-# "0% 0/12 00:00". The job-wide "Total progress" bar of A1111/Forge is not a sampling loop.
-_BAR_START = re.compile(r"\s0/(\d+)\s")
+# "0% 0/12 00:00". The job-wide "Total progress" bar of A1111/Forge is not a sampling loop, nor
+# are the bars of a model load ("Loading pipeline components...", "Loading weights": SD.Next
+# loading the checkpoint a request's override_settings names).
+_BAR = re.compile(r"\s(\d+)/(\d+)\s")
 
 
 def sampler_runs(log_text: str) -> list[int]:
     """The step count of each sampling loop a log slice shows, in order (host-independent).
 
     This is the hosts' own account of how many steps each pass executed, the oracle that the
-    extension's "DeepCache steps" counts are checked against.
+    extension's "DeepCache steps" counts are checked against. A bar drawn again at 0 before its
+    first step ends (SD.Next's bar refreshes on a busy machine) is the same loop.
     """
-    runs = []
+    runs: list[int] = []
+    previous: tuple[str, str] | None = None
     for segment in re.split(r"[\r\n]", log_text):
-        if "Total progress" in segment:
+        if "Total progress" in segment or "Loading" in segment:
             continue
-        runs.extend(int(total) for total in _BAR_START.findall(segment + " "))
+        for done, total in _BAR.findall(segment + " "):
+            if done == "0" and previous != (done, total):
+                runs.append(int(total))
+            previous = (done, total)
     return runs
 
 

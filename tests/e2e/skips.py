@@ -48,6 +48,12 @@ EXPECTED_SKIPS: dict[str, str] = {
         f"[sdnext-{field}]": _XYZ_ERRORS
         for field in ("depth", "enabled", "schedule", "start")
     },
+    # SD.Next's page offers these routes, but not to a test driving them offline (why: there)
+    "test_faults_input.py::test_a_malformed_pasted_infotext_pastes_the_defaults_and_says_so_once"
+    "[sdnext]": "SD.Next's paste events answer 500 to a direct gradio call",
+    "test_install.py::test_install_update_and_uninstall_from_a_git_url[sdnext]": (
+        "SD.Next's extension list never shows an extension installed from a URL offline"
+    ),
 }
 
 NOT_SELECTED = "not selected (--host"

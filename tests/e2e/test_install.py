@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
+# SD.Next's Manual install clones the URL and runs install.py (its log says so), but its Manage
+# extensions list then shows only the extensions of its index (offline: its built-in one), so
+# Apply, Update and Uninstall have no row for ours to act on (seen: 300 s without the row)
+SDNEXT_LIST = "SD.Next's extension list never shows an extension installed from a URL offline"
+
 DC_TEXT = 'DeepCache: "interval 3 (auto), depth 0, start 0%, end 100%, uniform, min steps 8"'
 # The page's default sampler over 12 steps at interval 3 (auto): full at 0, 3, 6, 9 on A1111 and
 # Forge; SD.Next's "Default" is this model's PNDM, whose step 1 runs twice and counts full
@@ -122,6 +127,8 @@ def uninstall(browser: Any, host: HostServer, launcher: Launcher) -> None:
 def test_install_update_and_uninstall_from_a_git_url(
     host_pool: HostPool, host_name: str, browser: Any, tmp_path: Path, record_property
 ) -> None:
+    if host_name == "sdnext":
+        pytest.skip(SDNEXT_LIST)
     host = host_pool.stopped(host_name)
     began = time.monotonic()
     source = GitSource(tmp_path)
