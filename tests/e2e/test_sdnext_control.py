@@ -27,6 +27,7 @@ from tests.e2e.hostctl import HostServer
 from tests.e2e.payloads import deepcache, max_abs_diff, read_png, white_square
 
 pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
+SDNEXT_DEFAULT_FORMAT = "jpg"  # its modules/ui_definitions.py: samples_format
 
 CONTROLNET = "deepcache-test-cn"
 DC_TEXT = "interval 3, depth 0, start 0%, end 100%, uniform, min steps 8"
@@ -42,7 +43,9 @@ def tab(sdnext: HostServer) -> Iterator[ControlTab]:
     chunk is the infotext; SD.Next's default JPEG is 10 levels off on average at 64 px)."""
     status, options = sdnext.get("/sdapi/v1/options")
     assert status == 200 and isinstance(options, dict), options
-    saved = options.get("samples_format")
+    # a setting the config file does not hold reads as null, and null written back makes every
+    # later txt2img answer 500 (KeyError '.None'): put back SD.Next's own default then
+    saved = options.get("samples_format") or SDNEXT_DEFAULT_FORMAT
     sdnext.post("/sdapi/v1/options", {"samples_format": "png"})
     try:
         tab = ControlTab(sdnext)
