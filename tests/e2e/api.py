@@ -14,6 +14,9 @@ from .oracles import generation_ran
 from .payloads import Result, with_host_quirks
 
 RATE_LIMIT_RETRIES = 60
+LATE_LOG_HOSTS = ("sdnext",)
+QUIET_S = 0.5
+QUIET_MAX_S = 5.0
 RATE_LIMIT_WAIT_S = 2.0
 
 
@@ -92,6 +95,9 @@ class HostApi:
                 break
             time.sleep(0.1)
             log = self.log_since(mark)
+        if self.name in LATE_LOG_HOSTS:
+            self._await_quiet_log()
+            log = self.log_since(mark)
         if status != expect:
             shown = json.dumps(body)[:3000] if not isinstance(body, str) else body[:3000]
             raise AssertionError(
@@ -99,6 +105,20 @@ class HostApi:
                 f"log since the request:\n{log[-6000:]}"
             )
         return Result.from_response(status, body, log)
+
+    def _await_quiet_log(self) -> None:
+        """Until the log has not grown for QUIET_S (at most QUIET_MAX_S): SD.Next's console
+        holds its output while its progress display is live and writes it at the display's next
+        refresh, which can come after the answer; unwaited, a request's bars and DeepCache line
+        landed in the next request's log slice (seen: [12, 12] for one 12-step generation)."""
+        deadline = time.monotonic() + QUIET_MAX_S
+        size = self.log_mark()
+        while time.monotonic() < deadline:
+            time.sleep(QUIET_S)
+            grown = self.log_mark()
+            if grown == size:
+                return
+            size = grown
 
     def txt2img(self, payload: dict[str, Any], expect: int = 200) -> Result:
         return self.generate("txt2img", payload, expect)
