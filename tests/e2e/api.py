@@ -108,9 +108,9 @@ class HostApi:
 
     def _await_quiet_log(self) -> None:
         """Until the log has not grown for QUIET_S (at most QUIET_MAX_S): SD.Next's console
-        holds its output while its progress display is live and writes it at the display's next
-        refresh, which can come after the answer; unwaited, a request's bars and DeepCache line
-        landed in the next request's log slice (seen: [12, 12] for one 12-step generation)."""
+        output (its progress display, its log lines) can reach the log after the answer;
+        unwaited, a request's bars and DeepCache line landed in the next request's log slice
+        (seen in CI: [12, 12] for one 12-step generation)."""
         deadline = time.monotonic() + QUIET_MAX_S
         size = self.log_mark()
         while time.monotonic() < deadline:
