@@ -5,18 +5,16 @@ the infotext the page shows. Screenshots go to artifacts/ (kept by CI)."""
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.browser import CHROMEDRIVER, CHROMIUM, start_chromium
+from tests.e2e.page import APP, screenshot, set_number, wait_for
 from tests.e2e.payloads import base_payload, deepcache
 
 pytestmark = [pytest.mark.e2e, pytest.mark.host_state(ui=True)]
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 PAGE_TIMEOUT_S = 180
 GENERATE_TIMEOUT_S = 300
 
@@ -28,33 +26,6 @@ def browser() -> Iterator[object]:
     driver = start_chromium()
     yield driver
     driver.quit()
-
-
-def wait_for(driver, script: str, timeout: float, what: str, shot: str = "ui-timeout"):
-    """Poll a JavaScript expression in the page until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = driver.execute_script(f"return ({script});")
-        if value:
-            return value
-        time.sleep(0.5)
-    ARTIFACTS.mkdir(exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / f"{shot}.png"))
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-APP = "(document.querySelector('gradio-app')?.shadowRoot || document)"
-
-
-def set_number(driver, elem_id: str, value: int) -> None:
-    """Type into a gradio number box the way a user does (the slider follows)."""
-    driver.execute_script(
-        f"""const box = {APP}.querySelector('#{elem_id} input[type=number]');
-        box.value = arguments[0];
-        box.dispatchEvent(new Event('input', {{bubbles: true}}));
-        box.dispatchEvent(new Event('change', {{bubbles: true}}));""",
-        value,
-    )
 
 
 def test_accordion_ticks_and_generates_with_deepcache_in_the_infotext(host, browser):
@@ -102,8 +73,7 @@ def test_accordion_ticks_and_generates_with_deepcache_in_the_infotext(host, brow
         GENERATE_TIMEOUT_S,
         "an infotext with DeepCache steps",
     )
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / f"ui-{host.name}-txt2img.png"))
+    screenshot(browser, f"ui-{host.name}-txt2img")
     # the slider's default, 0 = auto, ran as interval 3 on the SD 1.x model
     want = "interval 3 (auto), depth 0, start 0%, end 100%, uniform, min steps 8"
     assert f'DeepCache: "{want}"' in info
@@ -144,5 +114,4 @@ def test_png_info_send_to_txt2img_restores_the_deepcache_controls(host, browser,
         f" && {APP}.querySelector('#script_txt2img_deepcache_enabled-checkbox input').checked)"
     )
     wait_for(browser, pasted, 60, "the pasted DeepCache controls", f"ui-{host.name}-pasted")
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / f"ui-{host.name}-pasted.png"))
+    screenshot(browser, f"ui-{host.name}-pasted")
