@@ -32,34 +32,23 @@ from typing import Any
 import numpy as np
 
 from .api import HostApi
+from .gradio_page import Dependency, GradioPage
 from .payloads import Result, png_b64, read_png
 
-Dependency = dict[str, Any]
 
-
-class ControlTab:
+class ControlTab(GradioPage):
     def __init__(self, host: HostApi) -> None:
-        self.host = host
-        self.session_hash = uuid.uuid4().hex[:11]
-        status, config = host.get("/config", timeout=120)
-        assert status == 200 and isinstance(config, dict), f"/config: {status}"
-        self.components = {c["id"]: c for c in config["components"]}
-        self.dependencies: list[Dependency] = config["dependencies"]
-        self.by_elem_id: dict[str, list[int]] = {}
-        for component in config["components"]:
-            elem_id = component.get("props", {}).get("elem_id")
-            if elem_id:
-                self.by_elem_id.setdefault(elem_id, []).append(component["id"])
-        generate = self._component("control_generate")
+        super().__init__(host)  # the page's components and events, read from /config
+        generate = self.component("control_generate")
         self.fn_generate = self._event(
             lambda d: d["targets"] == [generate] and d.get("js") == "submit_control"
         )
         self.fn_input_mode = self._event(
             lambda d: d["targets"] == [generate] and d.get("js") == "controlInputMode"
         )
-        update = self._component("control_update")
+        update = self.component("control_update")
         self.fn_units = self._event(lambda d: d["targets"] == [update] and d["trigger"] == "click")
-        override = self._component("controlnet_unit-0-override")
+        override = self.component("controlnet_unit-0-override")
         self.fn_image = self._event(
             lambda d: d["trigger"] == "change" and d["inputs"] == [override]
         )
@@ -151,12 +140,6 @@ class ControlTab:
             if kind == "controlnet" and elem_id.startswith("control_unit-0-"):
                 unit.setdefault(elem_id.split("-", 2)[2], component_id)
         return unit
-
-    def _component(self, elem_id: str) -> int:
-        ids = self.by_elem_id.get(elem_id, [])
-        if len(ids) != 1:
-            raise AssertionError(f"elem_id {elem_id!r}: {len(ids)} components")
-        return ids[0]
 
     def _event(self, match: Callable[[Dependency], bool]) -> int:
         found = [i for i, d in enumerate(self.dependencies) if match(d)]
