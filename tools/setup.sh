@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3.11}
 command -v "$python" >/dev/null || python=python3
 if [ ! -x .venv/bin/python ]; then
+  # The pinned set takes about 6.5 GiB; pip's own "No space left on device" comes only after
+  # minutes of work and names no figure, so say it first.
+  free_kib=$(df -Pk . | awk 'NR == 2 {print $4}')
+  if [ "$free_kib" -lt $((7 * 1024 * 1024)) ]; then
+    echo "setup: $((free_kib / 1024)) MiB free here; the test environment needs about 7 GiB" >&2
+    exit 1
+  fi
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-test.txt
