@@ -8,7 +8,7 @@
         "DeepCache": "Reuse the UNet's deep features between steps: 2-3x faster sampling, almost no loss of quality.",
         "Enable DeepCache": "Reuse the UNet's deep features between steps: 2-3x faster sampling, almost no loss of quality.",
         "Cache interval (0 = auto)": "Denoising steps per full UNet refresh. 0 = auto, the loaded model's own: 3 on SD1.x/2.x, 2 on SDXL (whose cached steps drift further at 3). 1 = no caching; 3 is about 2.5x faster on the UNet, 5 about 3.5x with more quality loss.",
-        "Cache depth": "Skip branch where the cheap path stops. 0 = shallowest and fastest; higher keeps more blocks live: slower, closer to the uncached image. Clamped to 8 on SDXL.",
+        "Cache depth": "Skip branch where the cheap path stops. 0 = shallowest and fastest; higher keeps more blocks live: slower, closer to the uncached image. Clamped to 8 on SDXL. On Flux, SD3 and Chroma, depth d keeps d blocks live at each end of the stack (0: none).",
         "Cache start": "Fraction of the executed steps before which every step runs the full UNet (protects the composition).",
         "Cache end": "Fraction of the executed steps after which every step runs the full UNet (protects fine detail).",
         "Refresh schedule": "uniform: refresh every interval steps. non-uniform: the paper's schedule, refreshes denser around 30% of the window, same count. adaptive: refresh when the shallow features say the deep ones are stale.",

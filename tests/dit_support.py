@@ -2,7 +2,7 @@
 them the way their pipelines do, and an independent re-implementation of DeepCache's residual
 rule for block stacks, written here from the rule's statement alone (not from the engine):
 
-for depth ``d``, a cached call runs the first and the last ``d + 1`` blocks; every block between
+for depth ``d``, a cached call runs the first and the last ``d`` blocks; every block between
 returns its input, except the first one of each stage (double / single), which adds the sum, over
 that stage's skipped blocks, of what each added (output minus input) at the slot's last full call.
 """
@@ -167,7 +167,7 @@ class ReferenceRule:
             stages.append(model.single_transformer_blocks)
         self.blocks = [(stage, block) for stage, blocks in enumerate(stages) for block in blocks]
         count = len(self.blocks)
-        self.skipped = [i for i in range(count) if depth < i < count - 1 - depth]
+        self.skipped = list(range(depth, count - depth))
         self.model = model
 
     def full(self, run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -177,7 +177,8 @@ class ReferenceRule:
         def record(stage: int) -> Callable:
             def hook(module, args, kwargs, output):
                 pairs = zip(_streams_out(output), _streams_in(kwargs, args), strict=True)
-                deltas = [o - i for o, i in pairs]
+                # SD3's last block ends the text stream (None): it added nothing to it
+                deltas = [torch.zeros_like(i) if o is None else o - i for o, i in pairs]
                 if stage in sums:
                     sums[stage] = [s + d for s, d in zip(sums[stage], deltas, strict=True)]
                 else:

@@ -8,7 +8,8 @@
   (``SD3Transformer2DModel``: 24 joint blocks of width 1536; 4096 image tokens + 333 text
   tokens), built on ``meta`` (no weight exists, nothing is computed) and counted per block by
   ``FlopCounterMode`` (attention included). A cached call runs the first and the last
-  ``depth + 1`` blocks, so its share of a full call is ``f_d``; over K steps of which F run full
+  ``depth`` blocks (none at depth 0) and what lies outside the stack, so its share of a full
+  call is ``f_d``; over K steps of which F run full
   the FLOP speedup is ``K / (F + (K - F) f_d)``, and ``1 / f_d`` is the limit of the depth.
 * **Measured.** A seeded diffusers Flux transformer of the size given on the command line,
   sampled by flow-matching Euler (one transformer call a step, as Flux-dev with its distilled

@@ -1,5 +1,6 @@
 """Speed at equal quality: the FLOP speedup at which each method still reaches the fidelity of
-uniform DeepCache at interval 3, read off its speed/fidelity curve.
+a bar (uniform DeepCache at interval 3 for the UNet, classic DeepCache for the transformer), read
+off its speed/fidelity curve.
 
 A method's curve is the set of its runs (intervals, or the thresholds tried while matching) as
 (FLOP speedup, mean PSNR, mean SSIM) per sampler. For each metric, the speed at the bar is the
@@ -33,7 +34,7 @@ class EqualQuality:
     method: str
     psnr_speed: float | None  # fastest speed with PSNR at the bar
     ssim_speed: float | None
-    bar_speed: float  # uniform interval 3's own speedup
+    bar_speed: float  # the bar's own speedup
 
     @property
     def speed(self) -> float | None:
@@ -44,7 +45,7 @@ class EqualQuality:
 
     @property
     def ratio(self) -> float | None:
-        """How much faster than uniform interval 3, at its quality."""
+        """How much faster than the bar, at its quality."""
         return None if self.speed is None else self.speed / self.bar_speed
 
 
@@ -69,7 +70,7 @@ def speed_at(curve: Sequence[tuple[float, float]], bar: float) -> float | None:
 def equal_quality(
     points: Sequence[Point], bars: dict[str, tuple[float, float, float]]
 ) -> list[EqualQuality]:
-    """Per sampler and method; ``bars[sampler]`` = (speedup, PSNR, SSIM) of uniform N = 3."""
+    """Per sampler and method; ``bars[sampler]`` = (speedup, PSNR, SSIM) of the bar's run."""
     out = []
     for sampler, (bar_speed, bar_psnr, bar_ssim) in bars.items():
         methods = dict.fromkeys(p.method for p in points if p.sampler == sampler)
@@ -81,7 +82,7 @@ def equal_quality(
     return out
 
 
-def to_markdown(rows: Sequence[EqualQuality], header: str) -> str:
+def to_markdown(rows: Sequence[EqualQuality], header: str, bar: str = "uniform N=3") -> str:
     def fmt(value: float | None, suffix: str = "x") -> str:
         return "-" if value is None else f"{value:.2f}{suffix}"
 
@@ -89,7 +90,7 @@ def to_markdown(rows: Sequence[EqualQuality], header: str) -> str:
         header,
         "",
         "| sampler | method | speed at the PSNR bar | speed at the SSIM bar | speed at both"
-        " | vs uniform N=3 |",
+        f" | vs {bar} |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -101,7 +102,10 @@ def to_markdown(rows: Sequence[EqualQuality], header: str) -> str:
 
 
 def save_plot(
-    points: Sequence[Point], bars: dict[str, tuple[float, float, float]], path: Path
+    points: Sequence[Point],
+    bars: dict[str, tuple[float, float, float]],
+    path: Path,
+    bar: str = "uniform N=3",
 ) -> None:
     """PSNR and SSIM against FLOP speedup, a column per sampler, the bars dashed."""
     import matplotlib
@@ -123,7 +127,7 @@ def save_plot(
                 )
                 ax.plot(*zip(*curve, strict=True), marker="o", markersize=3, label=method)
             ax.axhline(bars[sampler][1 + row], color="black", linestyle="--", linewidth=0.8)
-            ax.set_title(f"{sampler}: {metric.upper()} (dashed: uniform N=3)")
+            ax.set_title(f"{sampler}: {metric.upper()} (dashed: {bar})")
             ax.set_xlabel("FLOP speedup")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)

@@ -3,8 +3,12 @@
 Flux and Chroma run double-stream blocks (image and text tokens apart, joint attention) and then
 single-stream blocks (one stream); SD3's MMDiT runs joint blocks. No skip connection links the
 first blocks to the last ones, so DeepCache's deep feature becomes a *residual*: for depth ``d``
-a cached pass runs the first ``d + 1`` and the last ``d + 1`` blocks live, and the blocks between
-add what they added at the last full step. The residual is kept per *stage* (a run of blocks with
+a cached pass runs the first ``d`` and the last ``d`` blocks live, and the blocks between add
+what they added at the last full step. Depth 0 skips the whole stack (the embedders and the
+output layer still run): unlike a UNet's outermost block pair, which carries the skip
+connection that keeps the image's fine detail, a transformer's end blocks hold a few percent of
+its work, and the equal-cost study (docs/quality.md) found them worth less than a refresh more
+often. The residual is kept per *stage* (a run of blocks with
 the same streams), since the host's loop may reshape the streams between stages (Forge joins the
 text and image tokens before its single-stream blocks).
 
@@ -89,14 +93,14 @@ class StackLayout:
 
     @property
     def max_depth(self) -> int:
-        """The deepest setting that still skips a block: ``2 * (d + 1)`` blocks stay live."""
-        return (self.num_blocks - 3) // 2
+        """The deepest setting that still skips a block: ``2 * d`` blocks stay live."""
+        return (self.num_blocks - 1) // 2
 
     def describe(self) -> str:
         return f"a {self.family} transformer with {self.num_blocks} blocks"
 
     def is_skipped(self, index: int, depth: int) -> bool:
-        return depth < index < self.num_blocks - 1 - depth
+        return depth <= index < self.num_blocks - depth
 
     def flop_units(self) -> list[tuple[str, torch.nn.Module]]:
         return [(unit_name(block.index), block.module) for block in self.blocks]

@@ -1,12 +1,13 @@
 """DeepCache on a transformer's block stack (see :mod:`.stack`): run the first and last
-``depth + 1`` blocks, and let the blocks between add what they added at the last full step.
+``depth`` blocks, and let the blocks between add what they added at the last full step.
 
 On a full pass that stores, each skipped block's own contribution (its output minus its input,
-per stream) is summed per stage; the sums are stored, as one flat feature, when the pass reaches
-the first live block of the tail. On a cached pass the skipped blocks return their input
-unchanged, except the first one of each stage, which adds its stage's stored sum (or its
-forecast). Summing each block's own contribution, rather than taking the span's end minus its
-start, leaves out what the host adds between blocks (a ControlNet's residuals): the host adds
+per stream) is summed per stage; the sums are stored, as one flat feature, once the last skipped
+block has run. On a cached pass the skipped blocks return their input unchanged, except the
+first one of each stage, which adds its stage's stored sum (or its forecast). The adaptive
+schedule's signal is what enters the first skipped block (the stack's input at depth 0).
+Summing each block's own contribution, rather than taking the span's end minus its start,
+leaves out what the host adds between blocks (a ControlNet's residuals): the host adds
 those afresh on cached steps too, so they are counted once.
 """
 
@@ -29,7 +30,7 @@ class StackSplicer:
         self.layout = layout
         self.depth = depth
         self.planner = planner
-        self._tail = layout.num_blocks - 1 - depth
+        self._last_skipped = layout.num_blocks - 1 - depth
         self._pass: PassState | None = None
         self._sums: dict[int, list[torch.Tensor]] = {}  # stage -> summed residual per stream
         self._added: set[int] = set()  # stages whose stored residual this cached pass added
@@ -50,13 +51,14 @@ class StackSplicer:
         p = self._pass
         if p is None or p.mode is Mode.PASS_THROUGH:
             return previous(*args, **kwargs)
-        if self.layout.is_skipped(block.index, self.depth):
-            return self._skipped(block, p, previous, args, kwargs)
-        if block.index == self._tail and p.mode is Mode.FULL and p.store:
-            self._store(p)
-        out = previous(*args, **kwargs)
         if block.index == self.depth:
-            self.planner.on_skip(p, block.io.outputs(out)[block.io.main])
+            self.planner.on_skip(p, block.io.read(args, kwargs)[block.io.main])
+        if self.layout.is_skipped(block.index, self.depth):
+            out = self._skipped(block, p, previous, args, kwargs)
+            if block.index == self._last_skipped and p.mode is Mode.FULL and p.store:
+                self._store(p)
+        else:
+            out = previous(*args, **kwargs)
         if block.index == self.layout.num_blocks - 1:
             self.reset()
         return out
@@ -75,12 +77,18 @@ class StackSplicer:
         out = previous(*args, **kwargs)
         if p.store:
             inputs, outputs = block.io.read(args, kwargs), block.io.outputs(out)
+            # a stream the block hands back as None (SD3's last block ends the text stream)
+            # is one nothing after it reads: it adds nothing
+            deltas = [
+                torch.zeros_like(i) if o is None else o - i
+                for o, i in zip(outputs, inputs, strict=True)
+            ]
             sums = self._sums.get(block.stage)
             if sums is None:
-                self._sums[block.stage] = [o - i for o, i in zip(outputs, inputs, strict=True)]
+                self._sums[block.stage] = deltas
             else:
-                for total, o, i in zip(sums, outputs, inputs, strict=True):
-                    total.add_(o - i)
+                for total, delta in zip(sums, deltas, strict=True):
+                    total.add_(delta)
         return out
 
     def _store(self, p: PassState) -> None:

@@ -7,7 +7,8 @@
   ``joint_blocks`` of ``JointBlock``, called as ``block(context, x, c=...)``, returning
   ``(context, x)``.
 
-The last block keeps only the image stream (its text output is None); it is always live.
+The last block keeps only the image stream (its text output is None, which nothing after it
+reads): skipped at depth 0, it adds nothing to the text stream.
 """
 
 from __future__ import annotations

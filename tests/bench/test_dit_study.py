@@ -72,6 +72,15 @@ def test_dit_study_command_prints_the_three_tables(tmp_path, capsys):
     modes = {(v["mode"], v["rival"]) for v in report["verdicts"]}
     assert modes == {(m, r) for m in ("uniform", "forecast") for r in methods[2:]}
     assert all(v["psnr"] in ("win", "tie", "loss") for v in report["verdicts"])
+    # a rival that spent more than the cell is met by forecast slowed towards its speed
+    target = uniform["flop_speedup"]
+    for v in report["verdicts"]:
+        slower = v["rival_speedup"] < 0.99 * target
+        assert (v["mode_speedup"] is not None) == (slower and v["mode"] == "forecast"), v
+        if v["mode_speedup"] is not None:  # no farther from the rival than the cell's speed
+            assert abs(v["mode_speedup"] - v["rival_speedup"]) <= target - v["rival_speedup"]
+    bar_speed, bar_psnr, _ = report["bars"]["Euler"]
+    assert bar_speed > 1 and bar_psnr > 0
     assert {q["method"] for q in report["equal_quality"]} >= set(methods)
     assert "our mode" in printed and "Speed at the quality" in printed
     assert (tmp_path / "eq.png").stat().st_size > 0
@@ -81,5 +90,5 @@ def test_family_picks_its_methods():
     with pytest.raises(SystemExit):
         cli.parse_args(["--study", "equal-flops", "--methods", "pab"])
     args = cli.parse_args(["--study", "equal-flops", "--family", "dit", "--methods", "pab"])
-    assert args.methods == ["uniform", "pab"] and args.intervals == [3, 8]
+    assert args.methods == ["uniform", "pab"] and args.intervals == [2, 3]
     assert args.samplers == ["Euler", "DPM++ 2M"]

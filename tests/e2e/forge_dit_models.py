@@ -140,13 +140,13 @@ def sd3_cond(gen: torch.Generator) -> dict[str, torch.Tensor]:
 
 FAMILIES = (
     Family(
-        "flux", build_flux, flux_dev_predictor, flux_cond, 8, (0, 2),
+        "flux", build_flux, flux_dev_predictor, flux_cond, 8, (0, 3),
         lambda m, rule, x, t, c: reference.flux(
             m, rule, x, t, c["c_crossattn"], c["y"], c["guidance"]
         ),
     ),
     Family(
-        "chroma", build_chroma, chroma_predictor, chroma_cond, 8, (0, 2),
+        "chroma", build_chroma, chroma_predictor, chroma_cond, 8, (0, 3),
         lambda m, rule, x, t, c: reference.chroma(m, rule, x, t, c["c_crossattn"]),
     ),
     Family(

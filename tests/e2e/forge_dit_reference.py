@@ -3,10 +3,11 @@ transformers (the lead's ENGINE_CONTRACT), written over Forge's own transformer 
 the engine.
 
 For ``depth`` d and a stack of n blocks (Flux and Chroma: the double-stream blocks, then the
-single-stream ones; SD3's MMDiT: its joint blocks) a cached call runs blocks ``0..d`` and
-``n-1-d..n-1``. The blocks between are skipped, and the first skipped block of each stage adds
-what that stage's skipped blocks added (their output minus their input, per stream) at the last
-full call of the same call slot. A full call runs every block and keeps those residuals.
+single-stream ones; SD3's MMDiT: its joint blocks) a cached call runs blocks ``0..d-1`` and
+``n-d..n-1`` (none at depth 0). The blocks between are skipped, and the first skipped block of
+each stage adds what that stage's skipped blocks added (their output minus their input, per
+stream) at the last full call of the same call slot. A full call runs every block and keeps
+those residuals.
 
 Everything around the blocks (patchifying, positions, the timestep and text embeddings, the last
 layer) is redone here from the model's own sub-modules, the way Forge's ``forward`` does it; a
@@ -36,7 +37,7 @@ class Rule:
 
     @classmethod
     def of(cls, blocks: int, depth: int, full: bool, residuals: dict[int, Streams]) -> Rule:
-        return cls(frozenset(range(depth + 1, blocks - 1 - depth)), full, residuals)
+        return cls(frozenset(range(depth, blocks - depth)), full, residuals)
 
 
 def run_stage(
@@ -61,7 +62,11 @@ def run_stage(
             continue
         streams = call(block, streams)
         if rule.full and span and index == span[-1]:
-            rule.residuals[stage] = [s - b for s, b in zip(streams, before, strict=True)]
+            # a stream ended by the span's last block (SD3's context: None) gained nothing
+            rule.residuals[stage] = [
+                torch.zeros_like(b) if s is None else s - b
+                for s, b in zip(streams, before, strict=True)
+            ]
     return streams
 
 
@@ -168,7 +173,7 @@ def chroma(model, rule: Rule, x, t, context) -> torch.Tensor:
 
 def mmdit(model, rule: Rule, x, t, context, y) -> torch.Tensor:
     """Forge's ``MMDiTX`` (SD3/3.5) under ``rule``: one stage of joint blocks, streams context
-    and image; the last block (always run) returns no context."""
+    and image; the last block returns no context (None, which nothing reads)."""
     hw = x.shape[-2:]
     img = model.x_embedder(x) + model.cropped_pos_embed(hw).to(x.dtype)
     c = model.t_embedder(t, dtype=img.dtype) + model.y_embedder(y)

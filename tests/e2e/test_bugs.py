@@ -316,11 +316,20 @@ def other_script_defaults(host) -> list:
 @pytest.mark.host_state(other_extension=True)
 def test_forge_other_extension_loading_first_keeps_its_requests(forge):
     """LoganBooker's sd-deepcache sorts before us: its own positional args must reach it (our
-    guard refused them with 422 before), and the console says the API cannot reach us."""
+    guard refused them with 422 before) and it must really cache with them: its defaults (mode
+    'None') give the plain image, mode 'First' another one with its own infotext; ours writes
+    nothing, and the console says, once, that the API cannot reach us."""
     args = other_script_defaults(forge)
-    assert len(args) == 13
-    result = forge.txt2img(base_payload(forge, alwayson_scripts={"DeepCache": {"args": args}}))
-    assert STEPS_KEY not in result.fields()
+    assert len(args) == 13 and args[0] == "None", args
+    plain = forge.txt2img(base_payload(forge))
+    off = forge.txt2img(base_payload(forge, alwayson_scripts={"DeepCache": {"args": args}}))
+    first = ["First", *args[1:]]
+    on = forge.txt2img(base_payload(forge, alwayson_scripts={"DeepCache": {"args": first}}))
+    assert max_abs_diff(plain.images[0], off.images[0]) == 0
+    assert max_abs_diff(plain.images[0], on.images[0]) > 0, "its cache changed nothing"
+    assert on.fields().get("deepcache_mode") == "First", on.infotexts[0]
+    for result in (off, on):
+        assert not [key for key in result.fields() if key.startswith("DeepCache")]
     log = since_start(forge)
     assert log.count("args go to sd-deepcache, so the API cannot reach sd-webui-deepcache") == 1
 

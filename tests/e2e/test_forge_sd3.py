@@ -13,8 +13,9 @@ SD3 runs with the "Simple" schedule: Forge's automatic one for Euler on SD3 (the
 zero, a black image with or without DeepCache.
 
 Oracles: the plain image (bit-identity), Forge's own progress bars (steps executed), the uniform
-schedule counted by hand, the depth-1 image for "depth 11 ran as 1" (5 blocks: depth 1 is the
-deepest that still skips a block), the image from the dict args for the positional ones.
+schedule counted by hand, the depth-2 image for "depth 11 ran as 2" (5 blocks: depth 2 keeps
+two at each end and is the deepest that still skips one), the image from the dict args for the
+positional ones.
 """
 
 from __future__ import annotations
@@ -135,15 +136,15 @@ def test_sd3_off_is_plain_and_on_caches_by_the_progress_bar(forge: HostServer) -
 
 
 def test_sd3_depth_is_clamped_to_its_blocks_and_auto_says_its_interval(forge: HostServer) -> None:
-    """Depth 11 on 5 joint blocks runs as depth 1; ``auto`` runs an interval it names, and the
+    """Depth 11 on 5 joint blocks runs as depth 2; ``auto`` runs an interval it names, and the
     counts are that interval's uniform schedule."""
-    one = forge.txt2img(sd3_payload(forge, alwayson_scripts=deepcache(interval=3, depth=1)))
+    two = forge.txt2img(sd3_payload(forge, alwayson_scripts=deepcache(interval=3, depth=2)))
     eleven = forge.txt2img(sd3_payload(forge, alwayson_scripts=deepcache(interval=3, depth=11)))
     assert ran_on_sd3(forge, eleven, [STEPS]).get("DeepCache") == DC_TEXT.replace(
         "depth 0", "depth 11"
     )
-    assert max_abs_diff(one.images[0], eleven.images[0]) == 0, "depth 11 is not depth 1"
-    assert one.counts() == eleven.counts() == COUNTS
+    assert max_abs_diff(two.images[0], eleven.images[0]) == 0, "depth 11 is not depth 2"
+    assert two.counts() == eleven.counts() == COUNTS
 
     auto = forge.txt2img(sd3_payload(forge, alwayson_scripts=deepcache()))
     text = ran_on_sd3(forge, auto, [STEPS]).get("DeepCache", "")

@@ -34,8 +34,8 @@ pytestmark = pytest.mark.e2e
 PROBE = Path(__file__).with_name("forge_dit_probe.py")
 # family -> (Forge's class, blocks: double + single or joint, the two depths the probe caches at)
 MODELS = {
-    "flux": ("IntegratedFluxTransformer2DModel", 3 + 5, (0, 2)),
-    "chroma": ("IntegratedChromaTransformer2DModel", 3 + 5, (0, 2)),
+    "flux": ("IntegratedFluxTransformer2DModel", 3 + 5, (0, 3)),
+    "chroma": ("IntegratedChromaTransformer2DModel", 3 + 5, (0, 3)),
     "sd3": ("MMDiTX", 5, (0, 1)),
 }
 # Interval 3 over 10 steps, uniform: full at steps 0, 3, 6, 9. Heun evaluates its correction at

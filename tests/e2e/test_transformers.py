@@ -115,9 +115,9 @@ def test_auto_interval_is_the_familys_and_says_which(sdnext, family):
 
 
 def test_depth_changes_the_image_and_is_clamped_to_the_blocks(sdnext, family):
-    """Depth 1 keeps more blocks live than depth 0 (another image); depth 11 on 6 blocks runs as
-    the deepest depth that still skips a block, says so in the log and keeps the request in the
-    infotext."""
+    """The deepest depth keeps blocks live that depth 0 skips (another image); depth 11 on 6
+    blocks runs as the deepest depth that still skips a block, says so in the log and keeps the
+    request in the infotext."""
     deepest = MAX_DEPTH[family]
     shallow = sdnext.txt2img(base_payload(sdnext, alwayson_scripts=deepcache(interval=3)))
     deep = sdnext.txt2img(

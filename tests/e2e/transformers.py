@@ -30,9 +30,9 @@ MODELS = {
     "chroma": "Diffusers/tiny-chroma",
 }
 FAMILIES = tuple(MODELS)
-# The deepest depth that still skips a block: 2 * (depth + 1) blocks stay live. Flux and Chroma
-# have 2 double-stream + 4 single-stream blocks, SD3 6 joint blocks: 6 blocks, depth 1 at most.
-MAX_DEPTH = {"flux": 1, "sd3": 1, "chroma": 1}
+# The deepest depth that still skips a block: 2 * depth blocks stay live. Flux and Chroma have
+# 2 double-stream + 4 single-stream blocks, SD3 6 joint blocks: 6 blocks, depth 2 at most.
+MAX_DEPTH = {"flux": 2, "sd3": 2, "chroma": 2}
 # The pipeline class SD.Next runs for each family, first pass and hires/img2img pass.
 PIPELINES = {
     "flux": ("FluxPipeline", "FluxImg2ImgPipeline"),

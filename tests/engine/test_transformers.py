@@ -110,9 +110,9 @@ def _live_blocks_per_call(model, params, steps=4):
 
 @pytest.mark.parametrize(
     ("depth", "live"),
-    # 2 double + 4 single blocks: depth d runs 2 (d + 1) of them; depth 2 would leave none to
-    # skip, so it is clamped to 1
-    [(0, 2), (1, 4), (2, 4), (11, 4)],
+    # 2 double + 4 single blocks: depth d runs 2 d of them (0: the whole stack is skipped);
+    # depth 3 would leave none to skip, so it is clamped to 2
+    [(0, 0), (1, 2), (2, 4), (3, 4), (11, 4)],
 )
 def test_depth_sets_how_many_blocks_a_cached_call_runs(depth, live):
     counts = _live_blocks_per_call(small_flux(), DeepCacheParams(True, 2, depth, min_steps=0))
@@ -121,7 +121,7 @@ def test_depth_sets_how_many_blocks_a_cached_call_runs(depth, live):
 
 def test_a_stack_too_short_to_skip_a_block_is_refused_by_name():
     with pytest.raises(UnsupportedUNetError, match="too few blocks"):
-        layout_of(small_flux(doubles=1, singles=1))
+        layout_of(small_flux(doubles=0, singles=0))
 
 
 def test_the_host_residuals_between_blocks_are_added_afresh_not_stored():
