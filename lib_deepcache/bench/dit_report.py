@@ -25,7 +25,7 @@ from .study import MATCH_TOLERANCE, paired_ci, to_markdown
 DEFAULTS = {
     "samplers": "Euler,DPM++ 2M",
     "intervals": "2,3",
-    "curve_intervals": (2, 5),
+    "curve_intervals": (4, 5),
     # cache-dit is not among the project's pinned packages: studied where it is installed
     "methods": tuple(m for m in DIT_METHODS if m != "cache-dit" or cache_dit_available()),
 }

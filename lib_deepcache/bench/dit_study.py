@@ -172,8 +172,9 @@ def _means(cell: _Cell, run: Calibrated) -> tuple[float, float]:
 
 def _forecast_at(cell: _Cell, probe: _Cell, interval: int, speedup: float) -> Calibrated:
     """Forecast at interval N slowed to ``speedup`` by running its first k steps full (``start``
-    = k / steps; more steps full, slower): k bisected on the probe's seeds to the speedup
-    closest to the target, then the run on all seeds."""
+    = k / steps; more steps full, slower): the largest k that is still at least as fast as the
+    target (never spending more than the rival it meets), bisected on the probe's seeds, then
+    the run on all seeds."""
 
     def run(k: int) -> Calibrated:
         params = replace(_params("forecast", interval), start=k / cell.steps)
@@ -188,7 +189,7 @@ def _forecast_at(cell: _Cell, probe: _Cell, interval: int, speedup: float) -> Ca
             low = middle
         else:
             high = middle
-    best = min(tried, key=lambda k: abs(tried[k].flop_speedup - speedup))
+    best = high if tried[high].flop_speedup >= speedup else low
     params = replace(_params("forecast", interval), start=best / cell.steps)
     return cell.run("forecast", None, ours(params))
 

@@ -77,8 +77,8 @@ def test_dit_study_command_prints_the_three_tables(tmp_path, capsys):
     for v in report["verdicts"]:
         slower = v["rival_speedup"] < 0.99 * target
         assert (v["mode_speedup"] is not None) == (slower and v["mode"] == "forecast"), v
-        if v["mode_speedup"] is not None:  # no farther from the rival than the cell's speed
-            assert abs(v["mode_speedup"] - v["rival_speedup"]) <= target - v["rival_speedup"]
+        if v["mode_speedup"] is not None:  # never spending more than the rival it meets
+            assert v["rival_speedup"] <= v["mode_speedup"] <= target
     bar_speed, bar_psnr, _ = report["bars"]["Euler"]
     assert bar_speed > 1 and bar_psnr > 0
     assert {q["method"] for q in report["equal_quality"]} >= set(methods)

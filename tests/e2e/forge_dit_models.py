@@ -28,8 +28,8 @@ TEXT_WIDTH = 48  # the text encoder's width (Flux/Chroma: T5; SD3: CLIP-L/G + T5
 VECTOR_WIDTH = 32  # the pooled text vector (Flux: CLIP-L; SD3: CLIP-L + CLIP-G)
 TEXT_TOKENS = 6
 LATENT = (16, 8, 8)  # 16 latent channels, as Flux's and SD3's VAE; 4x4 patches of 2x2
-# 3 double-stream + 5 single-stream blocks: depth 0 skips blocks of both stages, depth 2 only
-# single-stream ones (the double-stream stage then runs whole)
+# 3 double-stream + 5 single-stream blocks: depth 0 skips the whole stack (both stages), depth 3
+# only single-stream ones (blocks 3 and 4; the double-stream stage then runs whole)
 FLUX_SIZE = {
     "in_channels": 16, "vec_in_dim": VECTOR_WIDTH, "context_in_dim": TEXT_WIDTH,
     "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 4, "depth": 3,

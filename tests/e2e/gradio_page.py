@@ -25,6 +25,7 @@ class GradioPage:
         assert status == 200 and isinstance(config, dict), f"/config: {status}"
         self.gradio4 = str(config.get("version", "3")).split(".")[0] >= "4"
         self.components = {c["id"]: c for c in config["components"]}
+        self.layout: dict[str, Any] = config.get("layout", {})
         self.dependencies: list[Dependency] = config["dependencies"]
         self.by_elem_id: dict[str, list[int]] = {}
         for component in config["components"]:
@@ -36,6 +37,22 @@ class GradioPage:
         ids = self.by_elem_id.get(elem_id, [])
         assert len(ids) == 1, f"elem_id {elem_id!r}: {len(ids)} components"
         return ids[0]
+
+    def inside(self, elem_id: str) -> list[dict[str, Any]]:
+        """The components laid out under the one with ``elem_id`` (a tab, an accordion), from
+        the page's layout tree."""
+        root = self.component(elem_id)
+        found: list[dict[str, Any]] = []
+
+        def walk(node: dict[str, Any], under: bool) -> None:
+            under = under or node.get("id") == root
+            if under and node.get("id") != root and node.get("id") in self.components:
+                found.append(self.components[node["id"]])
+            for child in node.get("children", []):
+                walk(child, under)
+
+        walk(self.layout, False)
+        return found
 
     def events(self, match: Callable[[Dependency], bool]) -> list[int]:
         """The events (their ``fn_index``) that ``match`` accepts, in the page's order; events

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.e2e.gradio_page import GradioPage
 from tests.e2e.payloads import base_payload, deepcache, max_abs_diff, noise_image, png_b64
 
 pytestmark = pytest.mark.e2e
@@ -357,11 +358,12 @@ def test_each_console_line_shows_once(host):
 
 @pytest.mark.host_state(ui=True)
 def test_sdnext_offers_deepcache_in_its_control_tab(sdnext):
-    """The UI's component tree: one visible enable checkbox per tab, Control included."""
-    status, config = sdnext.get("/config")
-    assert status == 200, config
-    labels = [c.get("props", {}).get("label") for c in config["components"]]
-    assert labels.count("Enable DeepCache") == 3
+    """The UI's layout tree: one enable checkbox in the Control tab itself, as in txt2img and
+    img2img."""
+    page = GradioPage(sdnext)
+    for tab in ("tab_control", "tab_txt2img", "tab_img2img"):
+        labels = [c.get("props", {}).get("label") for c in page.inside(tab)]
+        assert labels.count("Enable DeepCache") == 1, (tab, len(labels))
 
 
 @pytest.mark.host_state(other_extension=True)
