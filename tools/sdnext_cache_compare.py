@@ -54,6 +54,7 @@ OURS: dict[str, dict[str, Any]] = {
     "DeepCache auto, depth 0": {"interval": "auto"},
     "DeepCache interval 3, depth 0": {"interval": 3},
     "DeepCache interval 3, depth 0, forecast 1": {"interval": 3, "forecast": 1},
+    "DeepCache interval 3, depth 1 (outermost pair live)": {"interval": 3, "depth": 1},
 }
 BUILT_INS: dict[str, dict[str, Any]] = {
     # Flux and Chroma have no negative batch: FasterCache's unconditional-branch skipping
