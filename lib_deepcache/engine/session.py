@@ -13,8 +13,8 @@ skipped UNet blocks return correctly shaped zeros.
 Per model call the pre-hook hands the timestep to the :class:`StepPlanner`, which decides what
 each pass through the blocks does (:mod:`.planner`); a splicer carries it out for the layout at
 hand (:mod:`.unet_splice`: skip the deep units, splice the stored feature into the boundary
-unit; :mod:`.stack_splice`: run the first and last blocks, add the middle span's stored
-residual) and stores a full pass's feature. What happened is reported by :mod:`.report`.
+unit; :mod:`.stack_splice`: run the first and last ``depth`` blocks, add the skipped span's
+stored residual) and stores a full pass's feature. What happened is reported by :mod:`.report`.
 """
 
 from __future__ import annotations
