@@ -36,15 +36,17 @@ from .harness import DIFFUSERS_PREFIX, RIG_ARCHS, SAMPLERS
 from .report import Report, parse_grid
 from .speed import add_timing_args, run
 from .study import (
+    ALTERNATIVES,
     METHODS,
+    OURS,
     SAMPLER_NAMES,
-    StudyRow,
     equal_flops_study,
     equal_quality_report,
     save_curves,
     to_json,
     to_markdown,
 )
+from .verdict import Study, verdict_markdown, verdicts
 
 UNET_DEFAULTS = {
     "samplers": "Euler,DPM++ 2M,DPM++ SDE", "intervals": "3,5", "curve_intervals": (2, 4, 6, 8),
@@ -139,8 +141,11 @@ def _add_study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         default=None,
-        help="study: comma-separated, from " + ", ".join(METHODS) + " (--family dit: "
-        + ", ".join(DIT_METHODS) + "); uniform always runs",
+        help="study: comma-separated, from "
+        + ", ".join(METHODS)
+        + " (--family dit: "
+        + ", ".join(DIT_METHODS)
+        + "); uniform always runs",
     )
     parser.add_argument(
         "--step-counts",
@@ -205,7 +210,7 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     return list(range(args.seed_start, args.seed_start + args.seeds))
 
 
-def _study(args: argparse.Namespace) -> list[StudyRow] | str:
+def _study(args: argparse.Namespace) -> Study | str:
     seeds = _seeds(args)
     if args.family == "dit":
         runs = len(args.samplers) * (1 + len(args.intervals) * len(args.methods))
@@ -213,24 +218,31 @@ def _study(args: argparse.Namespace) -> list[StudyRow] | str:
             return dit_report.run(args, seeds, tick)
     runs = len(args.samplers) * (1 + len(args.intervals) * len(args.methods))
     with _progress(runs, "study", "cell") as tick:
-        rows = equal_flops_study(
+        study = equal_flops_study(
             args.samplers, args.intervals, seeds, args.steps, methods=args.methods, tick=tick
         )
     header = (
         f"trained fixture, seeds {seeds[0]}-{seeds[-1]}, {args.steps} steps, depth 0; "
         "Δ = method - uniform per seed, mean and 95 % CI"
     )
-    report = to_markdown(rows, header)
+    targets = {(r.sampler, r.interval): r.flop_speedup for r in study.rows if r.method == "uniform"}
+    report = "\n".join(
+        [
+            to_markdown(study.rows, header),
+            verdict_markdown(verdicts(study, OURS, ALTERNATIVES), targets),
+        ]
+    )
     if args.curve_intervals:
         report += "\n" + equal_quality_report(
-            rows, args.curve_intervals, seeds, args.steps, args.png.with_name("equal-quality.png")
-        )
+            study.rows, args.curve_intervals, seeds, args.steps,
+            args.png.with_name("equal-quality.png"),
+        )  # fmt: skip
     print(report)
-    _write(args.json, to_json(rows))
+    _write(args.json, to_json(study))
     _write(args.markdown, report)
-    save_curves(rows, args.png)
+    save_curves(study.rows, args.png)
     print(f"curves: {args.png}")
-    return rows
+    return study
 
 
 def _few_steps(args: argparse.Namespace) -> list[FewStepsRow]:

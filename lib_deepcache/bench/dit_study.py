@@ -5,20 +5,19 @@ DeepCache at interval N (depth 0: the whole block stack skipped on cached steps)
 FLOP speedup; every other method is turned to it: forecast keeps uniform's refreshes (matched by
 construction), the threshold methods (adaptive, first-block cache, MagCache, TeaCache, cache-dit)
 are bisected to it, and the integer ones (PAB and FasterCache's attention reuse range,
-TaylorSeer's cache interval) take the value whose speedup comes closest. An alternative that
-lands slower than the target (it spent more) is also met by forecast at its own speedup, its
-refreshes unchanged and the first steps run full (``start``) until the cost matches, so every
-verdict compares equal costs. Speedups are measured per run (:mod:`.dit_sampler`). Every run
-made on the way is kept as a point of its method's speed/fidelity curve, for the equal-quality
-table (:mod:`.equal_quality`), whose bar is classic DeepCache: interval 3 with the first and
-the last block live (depth 1).
+TaylorSeer's cache interval) take the value whose speedup comes closest. A rival that lands off
+the target is also met by forecast at its own cost or less (:func:`.verdict.meet`), so every
+verdict of forecast compares equal costs. Speedups are measured per run (:mod:`.dit_sampler`).
+Every run made on the way is kept as a point of its method's speed/fidelity curve, for the
+equal-quality table (:mod:`.equal_quality`), whose bar is classic DeepCache: interval 3 with the
+first and the last block live (depth 1).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
@@ -28,8 +27,9 @@ from . import alternatives
 from .dit_sampler import DitRun, DitSampler, Method
 from .equal_quality import Point
 from .fidelity import Calibrated, per_image
-from .study import MATCH_TOLERANCE, SAMPLER_NAMES, StudyRow, study_row
+from .study import SAMPLER_NAMES, study_row
 from .teacache import ChangeRecorder, fit_coefficients
+from .verdict import BEST, Study, meet, off_target
 
 OURS = ("uniform", "adaptive", "forecast")
 ALTERNATIVES = (
@@ -44,28 +44,11 @@ CLASSIC = "deepcache"
 CLASSIC_PARAMS = DeepCacheParams(True, 3, 1)
 
 
-@dataclass
-class DitStudy:
-    rows: list[StudyRow] = field(default_factory=list)
-    points: list[Point] = field(default_factory=list)
-    # per (sampler, interval, method): per-seed PSNR and SSIM of the matched run
-    scores: dict[tuple[str, int, str], tuple[np.ndarray, np.ndarray]] = field(
-        default_factory=dict
-    )
-    # per (sampler, interval, alternative) that landed slower than the cell: forecast's run at
-    # that alternative's speedup, as (its own speedup, per-seed PSNR, per-seed SSIM)
-    rematched: dict[tuple[str, int, str], tuple[float, np.ndarray, np.ndarray]] = field(
-        default_factory=dict
-    )
-    # per sampler: the equal-quality bar (speedup, mean PSNR, mean SSIM) of classic DeepCache
-    bars: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-
-
 class _Cell:
     """One sampler's runs: the reference, the per-sampler calibrations, and run bookkeeping."""
 
     def __init__(
-        self, dit: DitSampler, name: str, seeds: list[int], steps: int, study: DitStudy | None
+        self, dit: DitSampler, name: str, seeds: list[int], steps: int, study: Study | None
     ) -> None:
         self.dit, self.name, self.seeds, self.steps, self.study = dit, name, seeds, steps, study
         self.sampler = SAMPLER_NAMES[name]
@@ -132,11 +115,11 @@ def dit_study(
     curve_intervals: Sequence[int] = (),
     tick: Callable[[str], None] = lambda _: None,
     dit: DitSampler | None = None,
-) -> DitStudy:
+) -> Study:
     """Uniform and each of ``methods`` per (sampler, interval); uniform and forecast also at
     ``curve_intervals`` (curve points only); ``tick`` after each matched method."""
     dit = dit or DitSampler()
-    study = DitStudy()
+    study = Study()
     methods = ["uniform"] + [m for m in methods if m != "uniform"]
     for name in samplers:
         cell = _Cell(dit, name, list(seeds), steps, study)
@@ -153,7 +136,7 @@ def dit_study(
                 scores[method] = per_image(cell.reference.images, found.images)
                 study.scores[(name, interval, method)] = scores[method]
                 study.rows.append(study_row(method, name, interval, target, found, scores))
-                if method in ALTERNATIVES and found.flop_speedup < target * (1 - MATCH_TOLERANCE):
+                if BEST in methods and method != BEST and off_target(found.flop_speedup, target):
                     met = _forecast_at(cell, probe, interval, found.flop_speedup)
                     psnr, ssim = per_image(cell.reference.images, met.images)
                     study.rematched[(name, interval, method)] = (met.flop_speedup, psnr, ssim)
@@ -171,27 +154,17 @@ def _means(cell: _Cell, run: Calibrated) -> tuple[float, float]:
 
 
 def _forecast_at(cell: _Cell, probe: _Cell, interval: int, speedup: float) -> Calibrated:
-    """Forecast at interval N slowed to ``speedup`` by running its first k steps full (``start``
-    = k / steps; more steps full, slower): the largest k that is still at least as fast as the
-    target (never spending more than the rival it meets), bisected on the probe's seeds, then
-    the run on all seeds."""
+    """Forecast at a rival's cost or less (:func:`.verdict.meet`), its setting found on the
+    probe's seeds (the speedup is the schedule's), then run on all seeds."""
 
-    def run(k: int) -> Calibrated:
-        params = replace(_params("forecast", interval), start=k / cell.steps)
-        return probe.run("forecast", None, ours(params))
+    def params(n: int, k: int) -> DeepCacheParams:
+        return replace(_params(BEST, n), start=k / cell.steps)
 
-    low, high = 0, cell.steps - 1
-    tried = {k: run(k) for k in (low, high)}
-    while high - low > 1:
-        middle = (low + high) // 2
-        tried[middle] = run(middle)
-        if tried[middle].flop_speedup > speedup:
-            low = middle
-        else:
-            high = middle
-    best = high if tried[high].flop_speedup >= speedup else low
-    params = replace(_params("forecast", interval), start=best / cell.steps)
-    return cell.run("forecast", None, ours(params))
+    def speed(n: int, k: int) -> float:
+        return probe.run(BEST, None, ours(params(n, k))).flop_speedup
+
+    found = meet(speed, interval, cell.steps, speedup)
+    return cell.run(BEST, None, ours(params(*found)))
 
 
 def _params(method: str, interval: int, threshold: float | None = None) -> DeepCacheParams:

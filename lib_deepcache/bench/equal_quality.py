@@ -114,9 +114,7 @@ def save_plot(
     from matplotlib import pyplot as plt
 
     samplers = list(bars)
-    figure, axes = plt.subplots(
-        2, len(samplers), figsize=(5 * len(samplers), 7), squeeze=False
-    )
+    figure, axes = plt.subplots(2, len(samplers), figsize=(5 * len(samplers), 7), squeeze=False)
     for col, sampler in enumerate(samplers):
         mine = [p for p in points if p.sampler == sampler]
         for row, metric in enumerate(("psnr", "ssim")):

@@ -20,7 +20,8 @@ import torch
 
 from ..engine.params import DeepCacheParams
 from .fidelity import FixtureSampler, mse
-from .study import SAMPLER_NAMES, paired_ci
+from .study import SAMPLER_NAMES
+from .verdict import paired_ci
 
 MODES = {"deepcache": 0.0, "forecast": 1.0}  # mode name -> forecast strength
 

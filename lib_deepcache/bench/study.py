@@ -7,15 +7,15 @@ SSIM are taken per image, and the difference to uniform is paired per seed, with
 confidence interval (Student's t over the seeds). Methods whose FLOP speedup is set by their
 schedule (non-uniform, forecast) match uniform's by construction; the thresholds of adaptive
 and step skip are calibrated to it, and a row says whether it matched within 1 %. Step skip
-(:mod:`.stepskip`) counts UNet calls where the others count steps.
+(:mod:`.stepskip`) counts UNet calls where the others count steps. The bar's verdicts, our
+modes against the alternatives per seed, are the transformer study's (:mod:`.verdict`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,17 @@ from .fidelity import (
     flop_speedup,
     per_image,
 )
+from .verdict import (
+    BEST,
+    MATCH_TOLERANCE,
+    Study,
+    meet,
+    off_target,
+    paired_ci,
+    scores_json,
+    verdicts,
+    verdicts_json,
+)
 
 # The WebUI's sampler names, and the k-diffusion functions behind them (harness.SAMPLERS).
 SAMPLER_NAMES = {
@@ -41,7 +52,8 @@ SAMPLER_NAMES = {
     "DPM++ SDE": "dpmpp_sde",
 }
 METHODS = ("uniform", "non-uniform", "adaptive", "forecast", "step-skip")
-MATCH_TOLERANCE = 0.01
+OURS = ("uniform", "adaptive", "forecast")
+ALTERNATIVES = ("non-uniform", "step-skip")  # the paper's schedule; FBCache / TeaCache's kind
 
 
 @dataclass
@@ -67,18 +79,6 @@ class StudyRow:
         return self.psnr_diff - self.psnr_ci > 0 and self.ssim_diff - self.ssim_ci > 0
 
 
-def paired_ci(diff: np.ndarray) -> tuple[float, float]:
-    """Mean of paired differences and the half width of its 95 % t interval."""
-    from scipy import stats
-
-    n = len(diff)
-    mean = float(np.mean(diff))
-    if n < 2:
-        return mean, math.inf
-    half = float(stats.t.ppf(0.975, n - 1) * np.std(diff, ddof=1) / math.sqrt(n))
-    return mean, half
-
-
 def equal_flops_study(
     samplers: Sequence[str],
     intervals: Sequence[int],
@@ -87,13 +87,15 @@ def equal_flops_study(
     depth: int = 0,
     methods: Sequence[str] = METHODS,
     tick: Callable[[str], None] = lambda _: None,
-) -> list[StudyRow]:
-    """Uniform and each of ``methods`` per (sampler, interval); ``tick`` after each run."""
+) -> Study:
+    """Uniform and each of ``methods`` per (sampler, interval); ``tick`` after each run. A rival
+    whose run landed off the cell's speedup is also met by forecast at its cost
+    (:func:`.verdict.meet`)."""
     fixture = FixtureSampler()
     seeds = list(seeds)
     share = fixture.shallow_share(depth, len(seeds))
     methods = ["uniform"] + [m for m in methods if m != "uniform"]
-    rows: list[StudyRow] = []
+    study = Study()
     for name in samplers:
         sampler = SAMPLER_NAMES[name]
         reference, _ = fixture.sample(seeds, steps, sampler)
@@ -109,15 +111,49 @@ def equal_flops_study(
                 elif method == "step-skip":
                     found = calibrate_step_skip(fixture, seeds, steps, sampler, target)
                 else:
-                    images, stats = fixture.sample(
-                        seeds, steps, sampler, _params(method, interval, depth)
+                    found = _run(
+                        fixture, seeds, steps, sampler, _params(method, interval, depth), share
                     )
-                    found = Calibrated(None, flop_speedup(stats, share), images, counts(stats))
                 target = target or found.flop_speedup  # uniform runs first
                 scores[method] = per_image(reference, found.images)
-                rows.append(study_row(method, name, interval, target, found, scores))
+                study.scores[(name, interval, method)] = scores[method]
+                study.rows.append(study_row(method, name, interval, target, found, scores))
+                if BEST in methods and method != BEST and off_target(found.flop_speedup, target):
+                    met = _forecast_at(
+                        fixture, seeds, steps, sampler, (interval, depth), share, found
+                    )
+                    study.rematched[(name, interval, method)] = (
+                        met.flop_speedup,
+                        *per_image(reference, met.images),
+                    )
                 tick(f"{name} N={interval} {method}")
-    return rows
+    return study
+
+
+def _run(
+    fixture: FixtureSampler, seeds: list[int], steps: int, sampler: str,
+    params: DeepCacheParams, share: float,
+) -> Calibrated:  # fmt: skip
+    images, stats = fixture.sample(seeds, steps, sampler, params)
+    return Calibrated(None, flop_speedup(stats, share), images, counts(stats))
+
+
+def _forecast_at(
+    fixture: FixtureSampler, seeds: list[int], steps: int, sampler: str,
+    cell: tuple[int, int], share: float, rival: Calibrated,
+) -> Calibrated:  # fmt: skip
+    """Forecast at the rival's cost or less (:func:`.verdict.meet`); the setting is found on two
+    seeds (the speedup is the schedule's, the same for any batch), then run on all."""
+    interval, depth = cell
+
+    def params(n: int, k: int) -> DeepCacheParams:
+        return replace(_params(BEST, n, depth), start=k / steps)
+
+    def speed(n: int, k: int) -> float:
+        return _run(fixture, seeds[:2], steps, sampler, params(n, k), share).flop_speedup
+
+    found = meet(speed, interval, steps, rival.flop_speedup)
+    return _run(fixture, seeds, steps, sampler, params(*found), share)
 
 
 def curve_points(
@@ -208,8 +244,16 @@ def study_row(
     )
 
 
-def to_json(rows: Sequence[StudyRow]) -> str:
-    return json.dumps([{**asdict(r), "wins": r.wins} for r in rows], indent=2)
+def to_json(study: Study) -> str:
+    """The rows, the verdicts of the bar and every matched run's per-seed scores."""
+    return json.dumps(
+        {
+            "rows": [{**asdict(r), "wins": r.wins} for r in study.rows],
+            "verdicts": verdicts_json(verdicts(study, OURS, ALTERNATIVES)),
+            "scores": scores_json(study),
+        },
+        indent=1,
+    )
 
 
 def to_markdown(rows: Sequence[StudyRow], header: str) -> str:

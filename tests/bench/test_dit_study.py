@@ -70,15 +70,17 @@ def test_dit_study_command_prints_the_three_tables(tmp_path, capsys):
     assert (uniform["full_steps"], uniform["cached_steps"]) == (2, 2)
     assert report["rows"][1]["flop_speedup"] == pytest.approx(uniform["flop_speedup"])
     modes = {(v["mode"], v["rival"]) for v in report["verdicts"]}
-    assert modes == {(m, r) for m in ("uniform", "forecast") for r in methods[2:]}
+    assert modes == {(m, r) for m in ("uniform", "forecast") for r in methods[2:]} | {
+        ("forecast", "uniform")
+    }
     assert all(v["psnr"] in ("win", "tie", "loss") for v in report["verdicts"])
-    # a rival that spent more than the cell is met by forecast slowed towards its speed
+    # a rival off the cell's speedup is met by forecast at its cost or less
     target = uniform["flop_speedup"]
     for v in report["verdicts"]:
-        slower = v["rival_speedup"] < 0.99 * target
-        assert (v["mode_speedup"] is not None) == (slower and v["mode"] == "forecast"), v
+        off = abs(v["rival_speedup"] / target - 1) > 0.01
+        assert (v["mode_speedup"] is not None) == (off and v["mode"] == "forecast"), v
         if v["mode_speedup"] is not None:  # never spending more than the rival it meets
-            assert v["rival_speedup"] <= v["mode_speedup"] <= target
+            assert v["mode_speedup"] >= v["rival_speedup"]
     bar_speed, bar_psnr, _ = report["bars"]["Euler"]
     assert bar_speed > 1 and bar_psnr > 0
     assert {q["method"] for q in report["equal_quality"]} >= set(methods)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lib_deepcache.bench import cli
-from lib_deepcache.bench.study import paired_ci
+from lib_deepcache.bench.verdict import paired_ci
 
 
 def test_paired_interval_is_students_t():
@@ -30,7 +30,8 @@ def test_study_command_writes_every_method_at_the_uniform_speedup(tmp_path):
             "--markdown", str(tmp_path / "study.md"),
         ]
     )  # fmt: skip
-    rows = {row["method"]: row for row in json.loads(out.read_text())}
+    report = json.loads(out.read_text())
+    rows = {row["method"]: row for row in report["rows"]}
     # the equal-quality table, read off uniform's and forecast's curves over more intervals
     table = (tmp_path / "study.md").read_text().split("Speed at the quality of uniform N = 3")[1]
     assert "| Euler | uniform | 2." in table and "| Euler | forecast |" in table
@@ -48,6 +49,21 @@ def test_study_command_writes_every_method_at_the_uniform_speedup(tmp_path):
     assert rows["step-skip"]["full_steps"] + rows["step-skip"]["cached_steps"] == 6
     assert rows["step-skip"]["threshold"] is not None and rows["uniform"]["threshold"] is None
     assert (tmp_path / "curves.png").stat().st_size > 0
+    # the bar's verdicts: our modes against the alternatives, forecast also against our others
+    pairs = {(v["mode"], v["rival"]) for v in report["verdicts"]}
+    assert pairs == {
+        (mode, rival)
+        for mode in ("uniform", "adaptive", "forecast")
+        for rival in ("non-uniform", "step-skip")
+    } | {("forecast", "uniform"), ("forecast", "adaptive")}
+    assert len(report["scores"]["Euler|3|forecast"][0]) == 2  # per seed
+    target = rows["uniform"]["flop_speedup"]
+    for v in report["verdicts"]:  # forecast never spends more than a rival off the target
+        off = abs(v["rival_speedup"] / target - 1) > 0.01
+        assert (v["mode_speedup"] is not None) == (off and v["mode"] == "forecast"), v
+        if v["mode_speedup"] is not None:
+            assert v["mode_speedup"] >= v["rival_speedup"]
+    assert "our mode | rival" in (tmp_path / "study.md").read_text()
 
 
 def test_study_runs_uniform_and_the_methods_asked_for(tmp_path):
@@ -59,7 +75,8 @@ def test_study_runs_uniform_and_the_methods_asked_for(tmp_path):
             "--png", str(tmp_path / "curves.png"),
         ]
     )  # fmt: skip
-    assert [row["method"] for row in json.loads(out.read_text())] == ["uniform", "forecast"]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["method"] for row in rows] == ["uniform", "forecast"]
     with pytest.raises(SystemExit):
         cli.parse_args(["--study", "equal-flops", "--methods", "tgate"])
 
