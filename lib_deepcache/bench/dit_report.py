@@ -25,7 +25,7 @@ from .verdict import Study, scores_json, verdict_markdown, verdicts, verdicts_js
 DEFAULTS = {
     "samplers": "Euler,DPM++ 2M",
     "intervals": "2,3",
-    "curve_intervals": (4, 5),
+    "curve_intervals": (4, 5, 6, 7),
     # cache-dit is not among the project's pinned packages: studied where it is installed
     "methods": tuple(m for m in DIT_METHODS if m != "cache-dit" or cache_dit_available()),
 }

@@ -180,9 +180,14 @@ def _params(method: str, interval: int, threshold: float | None = None) -> DeepC
 def _match(cell: _Cell, probe: _Cell, method: str, interval: int, target: float) -> Calibrated:
     """The method's run on all seeds at the setting matched on the probe's first seeds (a
     sampling run of a few seeds costs a fraction of one of all; the row then says whether the
-    final run's speedup matched)."""
+    final run's speedup matched). Forecast at interval N costs one full step more than uniform
+    N on a transformer (its warm-up, ``schedule.FORECAST_WARMUP``): it is met at the cell's cost
+    (:func:`_forecast_at`)."""
     if method in ("uniform", "forecast"):
-        return replace(cell.run(method, interval, ours(_params(method, interval))), threshold=None)
+        found = cell.run(method, interval, ours(_params(method, interval)))
+        if method == BEST and target and off_target(found.flop_speedup, target):
+            return _forecast_at(cell, probe, interval, target)
+        return replace(found, threshold=None)
     if method == "adaptive":
         make: Callable[[float], Method] = lambda t: ours(_params(method, interval, t))  # noqa: E731
     else:

@@ -82,9 +82,7 @@ def count_unit_flops(model: torch.nn.Module, args: tuple, kwargs: dict) -> Block
     finally:
         for handle in handles:
             handle.remove()
-    skipped = tuple(
-        tuple(layout.skipped_unit_names(d)) for d in range(layout.max_depth + 1)
-    )
+    skipped = tuple(tuple(layout.skipped_unit_names(d)) for d in range(layout.max_depth + 1))
     return BlockFlops(_total(counter), per_unit, layout.num_blocks, skipped)
 
 

@@ -82,6 +82,11 @@ class UNetLayout:
     def describe(self) -> str:
         return f"a UNet with {self.num_blocks} skip connections"
 
+    def runs_no_block(self, depth: int) -> bool:
+        """Whether a cached pass at this depth runs no block: never on a UNet, whose shallow
+        branch (input unit 0 on, output unit n-1) always runs."""
+        return False
+
     def flop_units(self) -> list[tuple[str, torch.nn.Module]]:
         """Each leaf and the unit its FLOPs count for."""
         return [(unit_name(site.role, site.first), site.module) for site in self.leaves()]

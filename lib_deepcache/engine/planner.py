@@ -59,9 +59,11 @@ class StepPlanner:
         total_steps: int,
         timestep_grid: Sequence[float] | None,
         stats: DeepCacheStats,
+        warmup: int = 1,
     ) -> None:
         self.params = params
         self.total_steps = total_steps
+        self.warmup = warmup  # full steps before the first cached one (schedule.window)
         self.stats = stats
         self.cache = FeatureCache()
         self._clock = StepClock(timestep_grid)
@@ -73,7 +75,9 @@ class StepPlanner:
         self._step_ran_full: bool | None = None  # what the current step's passes really did
         self._last_full_step = 0
         # disabled: nothing is ever cached (and an ``auto`` interval was never resolved)
-        self._last_cached = schedule.last_cached_step(params, total_steps) if params.enabled else -1
+        self._last_cached = (
+            schedule.last_cached_step(params, total_steps, warmup) if params.enabled else -1
+        )
         self._adaptive = params.schedule == "adaptive"
         self._step_undecided = False
         self._change_sum = 0.0
@@ -113,7 +117,9 @@ class StepPlanner:
         self._step_ran_full = None
         if tick.step >= self.total_steps:
             self._note_overflow(tick.step)
-        self._step_is_full = schedule.is_full_step(self.params, tick.step, self.total_steps)
+        self._step_is_full = schedule.is_full_step(
+            self.params, tick.step, self.total_steps, self.warmup
+        )
         self._step_undecided = False
         if self._adaptive and not self._step_is_full:
             if self.params.threshold == 0 or self._cached_in_a_row >= self.params.max_cached:

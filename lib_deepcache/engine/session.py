@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from . import schedule
 from .denoisers import Layout, layout_of
 from .layout import UNetLayout
 from .params import AUTO_INTERVAL, DeepCacheParams
@@ -80,7 +81,9 @@ class DeepCacheSession:
                 self.layout.describe(),
             )
         self.stats = DeepCacheStats(depth=self.depth, interval=params.interval)
-        self._planner = StepPlanner(params, total_steps, timestep_grid, self.stats)
+        self._planner = StepPlanner(
+            params, total_steps, timestep_grid, self.stats, self._warmup(params)
+        )
         self._splicer = _splicer(self.layout, self.depth, self._planner)
         self._patches = PatchSet()
         self._active = False
@@ -88,14 +91,23 @@ class DeepCacheSession:
         self._closed = False
         self._call: CallRecord | None = None
 
+    def _warmup(self, params: DeepCacheParams) -> int:
+        """Full steps before the first cached one: two where a cached step forecasts and runs no
+        block (a transformer at depth 0), so the forecast has a trajectory from the start."""
+        if (
+            params.forecast > 0
+            and self.layout is not None
+            and self.layout.runs_no_block(self.depth)
+        ):
+            return schedule.FORECAST_WARMUP
+        return 1
+
     def _resolve_interval(self, params: DeepCacheParams) -> DeepCacheParams:
         """``auto`` made the model's own interval, now that its layout is known."""
         if self.layout is None or params.interval != AUTO_INTERVAL:
             return params
         params = params.resolved(self.layout.family, self.layout.num_blocks)
-        logger.info(
-            "DeepCache: interval auto = %d for %s", params.interval, self.layout.describe()
-        )
+        logger.info("DeepCache: interval auto = %d for %s", params.interval, self.layout.describe())
         return params
 
     # ----------------------------------------------------------------- lifecycle
@@ -236,9 +248,7 @@ class DeepCacheSession:
         return self.stats
 
 
-def _splicer(
-    layout: Layout | None, depth: int, planner: StepPlanner
-) -> UNetSplicer | StackSplicer:
+def _splicer(layout: Layout | None, depth: int, planner: StepPlanner) -> UNetSplicer | StackSplicer:
     """What carries the planner's verdicts out in the model's modules."""
     if isinstance(layout, StackLayout):
         return StackSplicer(layout, depth, planner)

@@ -102,6 +102,11 @@ class StackLayout:
     def is_skipped(self, index: int, depth: int) -> bool:
         return depth <= index < self.num_blocks - depth
 
+    def runs_no_block(self, depth: int) -> bool:
+        """Whether a cached pass at this depth runs no block (depth 0: the whole stack skipped,
+        only the embedders and the output layer run)."""
+        return depth == 0
+
     def flop_units(self) -> list[tuple[str, torch.nn.Module]]:
         return [(unit_name(block.index), block.module) for block in self.blocks]
 

@@ -28,8 +28,10 @@ def mmdit_layout(model: torch.nn.Module) -> StackLayout | None:
         check_blocks(model, joint, {"JointBlock"})
         return stack_layout("sd3", [("joint_blocks", joint, _REFERENCE_JOINT)])
     blocks = getattr(model, "transformer_blocks", None)
-    if isinstance(blocks, torch.nn.ModuleList) and blocks and "JointTransformerBlock" in (
-        class_names(blocks[0])
+    if (
+        isinstance(blocks, torch.nn.ModuleList)
+        and blocks
+        and "JointTransformerBlock" in (class_names(blocks[0]))
     ):
         check_blocks(model, blocks, {"JointTransformerBlock"})
         return stack_layout("sd3", [("transformer_blocks", blocks, _DIFFUSERS_JOINT)])

@@ -35,6 +35,17 @@ def test_window_is_a_fraction_of_the_executed_steps():
     assert full_steps(p(interval=2, start=0.2, end=0.8), 10) == [0, 1, 2, 4, 6, 8, 9]
 
 
+def test_a_warmup_of_two_makes_the_second_step_full_and_counts_on_from_it():
+    """Warm-up 2 (a forecast that runs no block): steps 0 and 1 full, then every interval-th
+    from step 1: interval 3 over 10 steps, full 0, 1, 4, 7; a window opening later keeps its own
+    start (20 % of 10: full 0, 1, 2, 5, 8); adaptive never caches step 1 either."""
+    assert full_steps(p(interval=3), 10, warmup=2) == [0, 1, 4, 7]
+    assert full_steps(p(interval=3, start=0.2), 10, warmup=2) == [0, 1, 2, 5, 8]
+    adaptive = p(schedule="adaptive", threshold=0.5)
+    assert [is_full_step(adaptive, i, 10, warmup=2) for i in range(3)] == [True, True, False]
+    assert last_cached_step(p(interval=3), 10, warmup=2) == 9
+
+
 def test_steps_past_the_expected_count_are_full():
     assert is_full_step(p(interval=3), 12, 10)
 

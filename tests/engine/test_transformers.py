@@ -184,15 +184,23 @@ def test_a_new_batch_shape_misses_and_runs_fully():
     assert session.stats.miss_passes == 1
 
 
+@pytest.mark.parametrize(
+    ("depth", "full_steps"),
+    # depth 1: uniform interval 2, full 0, 2, 4, 6; depth 0 (no block runs on a cached step):
+    # the step after the first is full too, then every second: 0, 1, 3, 5
+    [(1, (0, 2, 4, 6)), (0, (0, 1, 3, 5))],
+)
 @pytest.mark.parametrize("family", sorted(BUILDERS))
-def test_forecast_extrapolates_the_stored_residuals_from_the_last_two_full_steps(family):
+def test_forecast_extrapolates_the_stored_residuals_from_the_last_two_full_steps(
+    family, depth, full_steps
+):
     """forecast 1: a cached step adds ``R1 + (R1 - R0) (t - t1) / (t1 - t0)`` of the residual
     sums R0, R1 stored at the last two full steps (t: the step's sigma; the ratio is the same in
     SD3's 0-1000 units); with one full step behind it, R1 as stored."""
     model = BUILDERS[family]()
     conds, steps = prompts(2), 7
     sigmas = torch.linspace(1.0, 0.0, steps + 1).tolist()
-    rule = ReferenceRule(model, depth=0)
+    rule = ReferenceRule(model, depth=depth)
     history: dict[int, list[tuple[float, dict]]] = {0: [], 1: []}
 
     def forecast(slot: int, sigma: float) -> dict:
@@ -209,7 +217,7 @@ def test_forecast_extrapolates_the_stored_residuals_from_the_last_two_full_steps
         def run():
             return call(model, x, sigma, prompt)
 
-        if step % 2 == 0:  # uniform interval 2: steps 0, 2, 4, 6 full
+        if step in full_steps:
             out, sums = rule.full(run)
             history[slot].append((sigmas[step], sums))
             return out
@@ -217,7 +225,7 @@ def test_forecast_extrapolates_the_stored_residuals_from_the_last_two_full_steps
 
     expected = euler(model, steps, conds, denoise)
     got, stats = engine_outputs(
-        model, steps, conds, DeepCacheParams(True, 2, 0, forecast=1.0, min_steps=0)
+        model, steps, conds, DeepCacheParams(True, 2, depth, forecast=1.0, min_steps=0)
     )
     for index, (a, b) in enumerate(zip(got, expected, strict=True)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=f"call {index}")
