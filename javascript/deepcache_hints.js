@@ -14,7 +14,7 @@
         "Refresh schedule": "uniform: refresh every interval steps. non-uniform: the paper's schedule, refreshes denser around 30% of the window, same count. adaptive: refresh when the shallow features say the deep ones are stale.",
         "Adaptive threshold": "adaptive schedule only: refresh once the accumulated relative change of the shallow skip feature since the last refresh reaches this. Lower = more refreshes, closer to uncached.",
         "Max cached steps": "adaptive schedule only: never more than this many cached steps in a row.",
-        "Forecast": "Extrapolate the cached deep feature from the last two refreshes instead of holding it. 0 = plain DeepCache; 1 = full first-order forecast: much closer to the uncached image with Euler, DPM++ 2M and other deterministic samplers at the same speed; worse with SDE samplers.",
+        "Forecast": "Extrapolate the cached deep feature from the last two refreshes instead of holding it. 0 = plain DeepCache; 1 = full first-order forecast: much closer to the uncached image with Euler, DPM++ 2M and other deterministic samplers at the same speed; worse with SDE samplers. On a transformer at depth 0 the step after the first also runs in full, so the forecast has two refreshes to start from.",
         "Off below steps": "A pass (first pass or hires fix) requested with fewer steps than this runs uncached, and the DeepCache steps infotext says so. 0 = never off.",
         "Cache the hires fix pass": "Also cache the hires fix pass, with its own interval and depth.",
         "Hires cache interval (0 = auto)": "Steps per full refresh in the hires fix pass (0 = auto, as above).",

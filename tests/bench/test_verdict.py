@@ -28,6 +28,12 @@ def test_meet_slows_the_cells_interval_for_a_rival_that_spent_more():
     assert meet(_speed, 3, STEPS, 2.5) == (3, 2)
 
 
+def test_meet_accepts_a_speed_within_half_a_percent_below_the_target():
+    """Target 2.51: 8 full steps (2.5x) are 0.4 % short, within the tolerance: still (3, 2)."""
+    assert meet(_speed, 3, STEPS, 2.51) == (3, 2)
+    assert meet(_speed, 3, STEPS, 2.52) == (3, 0)  # 0.8 % short: only k = 0 (2.86x) is fast enough
+
+
 def test_meet_takes_a_longer_interval_for_a_rival_that_spent_less():
     """Target 3.0: interval 3 is too slow (2.86x); interval 4 gives 4x at k = 0, 3.33x at
     k = 1 (6 full), 2.86x at k = 2 (7 full): (4, 1)."""
