@@ -63,6 +63,10 @@ class Verdict:
 
     @staticmethod
     def _word(diff: float, ci: float) -> str:
+        """win / tie / loss; "n/a" where the difference is undefined (an image identical to
+        the reference under both methods has an infinite PSNR)."""
+        if not math.isfinite(diff):
+            return "n/a"
         return "win" if diff - ci > 0 else "loss" if diff + ci < 0 else "tie"
 
     @property

@@ -79,3 +79,17 @@ def test_verdicts_pair_per_seed_and_meet_off_target_rivals_with_the_rematched_ru
     plain = found[("uniform", "rival")]
     assert plain.mode_speedup is None and plain.psnr_diff == pytest.approx(-4.125)
     assert plain.psnr == "loss"
+
+
+def test_an_undefined_difference_is_no_verdict():
+    """A seed whose image equals the reference under both methods has PSNR inf - inf = nan."""
+    study = Study()
+    for method in ("uniform", "forecast"):
+        study.rows.append(_row(method, 2.8))
+        study.scores[("Euler", 3, method)] = (
+            np.array([math.inf, 30.0, 31.0]),
+            np.array([1.0, 0.9, 0.8 if method == "uniform" else 0.95]),
+        )
+    (v,) = verdicts(study, ("uniform", "forecast"), ())
+    assert (v.mode, v.rival, v.psnr) == ("forecast", "uniform", "n/a")
+    assert v.ssim == "tie"  # +0, +0, +0.15: interval spans 0

@@ -131,6 +131,22 @@ def test_depth_changes_the_image_and_is_clamped_to_the_blocks(sdnext, family):
     assert re.search(rf"depth 11 clamped to {deepest}\b", asked.log), asked.log[-3000:]
 
 
+def test_forecast_at_depth_0_starts_after_two_full_steps(sdnext, family):
+    """forecast 1 at depth 0 (a cached step runs no block): step 1 runs full too and interval 3
+    counts on from it, full at 0, 1, 4, 7, 10 of 12 (5 / 7); at depth 1 (blocks live) the
+    uniform count stays (4 / 8). The forecast changes the image and is in the infotext."""
+    plain = sdnext.txt2img(base_payload(sdnext, alwayson_scripts=deepcache(interval=3)))
+    ahead = sdnext.txt2img(base_payload(sdnext, alwayson_scripts=deepcache(interval=3, forecast=1)))
+    live = sdnext.txt2img(
+        base_payload(sdnext, alwayson_scripts=deepcache(interval=3, depth=1, forecast=1))
+    )
+    assert ahead.counts() == (5, 7), ahead.infotexts[0]
+    assert live.counts() == COUNTS_12, live.infotexts[0]
+    with_forecast = DC_TEXT.replace("uniform,", "uniform, forecast 1,")
+    assert ahead.fields().get("DeepCache") == with_forecast, ahead.infotexts[0]
+    assert max_abs_diff(plain.images[0], ahead.images[0]) > 0
+
+
 # --------------------------------------------------------------------------- passes
 def test_img2img_caches_the_executed_steps(sdnext, family):
     payload = base_payload(sdnext, init_images=[png_b64(noise_image())], denoising_strength=0.5)
