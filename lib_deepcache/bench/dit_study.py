@@ -2,8 +2,9 @@
 
 Per sampler and interval N: the uncached images of every seed are the reference; uniform
 DeepCache at interval N (depth 0: the whole block stack skipped on cached steps) sets the target
-FLOP speedup; every other method is turned to it: forecast keeps uniform's refreshes (matched by
-construction), the threshold methods (adaptive, first-block cache, MagCache, TeaCache, cache-dit)
+FLOP speedup; every other method is turned to it: forecast, whose warm-up costs one full step
+more than uniform at the same interval, at the setting closest to it (:func:`.verdict.meet`),
+the threshold methods (adaptive, first-block cache, MagCache, TeaCache, cache-dit)
 are bisected to it, and the integer ones (PAB and FasterCache's attention reuse range,
 TaylorSeer's cache interval) take the value whose speedup comes closest. A rival that lands off
 the target is also met by forecast at its own cost or less (:func:`.verdict.meet`), so every

@@ -133,7 +133,9 @@ class DeepCacheParams:
     below ``threshold``, and at most ``max_cached`` steps in a row.
     ``forecast`` in [0, 1]: on a cached step, the deep feature is extrapolated from the last two
     full steps, ``F1 + forecast * (F1 - F0) * (t - t1) / (t1 - t0)`` (first order in the UNet's
-    timestep); 0 holds the last feature as the paper does.
+    timestep); 0 holds the last feature as the paper does. Where a cached step runs no block (a
+    transformer at depth 0) the session makes step 1 full too, so the forecast has two full
+    steps from the start (``schedule.FORECAST_WARMUP``).
     ``min_steps``: a pass requested with fewer steps than this runs uncached and the report
     says so (0 = never off); :class:`~.generation.GenerationRun` applies it per pass (a bare
     :class:`~.session.DeepCacheSession` caches whatever it is given). The default comes from
