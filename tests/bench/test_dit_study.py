@@ -12,6 +12,7 @@ from lib_deepcache.bench import cli
 from lib_deepcache.bench.dit_study import closest_integer, match_threshold
 from lib_deepcache.bench.equal_quality import speed_at
 from lib_deepcache.bench.fidelity import Calibrated
+from lib_deepcache.bench.verdict import MEET_TOLERANCE
 
 
 def _fake(speed_of):
@@ -57,7 +58,7 @@ def test_dit_study_command_prints_the_three_tables(tmp_path, capsys):
     cli.main(
         [
             "--study", "equal-flops", "--family", "dit", "--samplers", "Euler",
-            "--intervals", "3", "--seeds", "2", "--steps", "4",
+            "--intervals", "3", "--seeds", "2", "--steps", "6",
             "--methods", "forecast,fbcache,taylorseer,teacache",
             "--json", str(out), "--png", str(tmp_path / "eq.png"),
         ]
@@ -67,8 +68,12 @@ def test_dit_study_command_prints_the_three_tables(tmp_path, capsys):
     methods = [row["method"] for row in report["rows"]]
     assert methods == ["uniform", "forecast", "fbcache", "taylorseer", "teacache"]
     uniform = report["rows"][0]
-    assert (uniform["full_steps"], uniform["cached_steps"]) == (2, 2)
-    assert report["rows"][1]["flop_speedup"] == pytest.approx(uniform["flop_speedup"])
+    assert (uniform["full_steps"], uniform["cached_steps"]) == (2, 4)  # full 0, 3
+    # forecast's own interval 3 runs 0, 1 and 4 full (its warm-up): 3 / 3, slower than the
+    # cell; met at its cost by interval 5 (0, 1 full, then nothing left to refresh): 2 / 4
+    forecast = report["rows"][1]
+    assert (forecast["full_steps"], forecast["cached_steps"]) == (2, 4)
+    assert forecast["flop_speedup"] == pytest.approx(uniform["flop_speedup"])
     modes = {(v["mode"], v["rival"]) for v in report["verdicts"]}
     assert modes == {(m, r) for m in ("uniform", "forecast") for r in methods[2:]} | {
         ("forecast", "uniform")
@@ -80,7 +85,7 @@ def test_dit_study_command_prints_the_three_tables(tmp_path, capsys):
         off = abs(v["rival_speedup"] / target - 1) > 0.01
         assert (v["mode_speedup"] is not None) == (off and v["mode"] == "forecast"), v
         if v["mode_speedup"] is not None:  # never spending more than the rival it meets
-            assert v["mode_speedup"] >= v["rival_speedup"]
+            assert v["mode_speedup"] >= v["rival_speedup"] * (1 - MEET_TOLERANCE)
     bar_speed, bar_psnr, _ = report["bars"]["Euler"]
     assert bar_speed > 1 and bar_psnr > 0
     assert {q["method"] for q in report["equal_quality"]} >= set(methods)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lib_deepcache.bench import cli
-from lib_deepcache.bench.verdict import paired_ci
+from lib_deepcache.bench.verdict import MEET_TOLERANCE, paired_ci
 
 
 def test_paired_interval_is_students_t():
@@ -62,7 +62,7 @@ def test_study_command_writes_every_method_at_the_uniform_speedup(tmp_path):
         off = abs(v["rival_speedup"] / target - 1) > 0.01
         assert (v["mode_speedup"] is not None) == (off and v["mode"] == "forecast"), v
         if v["mode_speedup"] is not None:
-            assert v["mode_speedup"] >= v["rival_speedup"]
+            assert v["mode_speedup"] >= v["rival_speedup"] * (1 - MEET_TOLERANCE)
     assert "our mode | rival" in (tmp_path / "study.md").read_text()
 
 
