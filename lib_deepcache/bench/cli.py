@@ -33,6 +33,7 @@ from .defaults import DefaultsRow
 from .dit_study import DIT_METHODS
 from .fewsteps import FewStepsRow
 from .harness import DIFFUSERS_PREFIX, RIG_ARCHS, SAMPLERS
+from .records import Study
 from .report import Report, parse_grid
 from .speed import add_timing_args, run
 from .study import (
@@ -46,7 +47,7 @@ from .study import (
     to_json,
     to_markdown,
 )
-from .verdict import Study, verdict_markdown, verdicts
+from .verdict import verdict_markdown, verdicts
 
 UNET_DEFAULTS = {
     "samplers": "Euler,DPM++ 2M,DPM++ SDE", "intervals": "3,5", "curve_intervals": (2, 4, 6, 8),

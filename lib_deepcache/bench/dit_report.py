@@ -19,8 +19,9 @@ from dataclasses import asdict
 from . import equal_quality
 from .alternatives import cache_dit_available
 from .dit_study import ALTERNATIVES, DIT_METHODS, OURS, dit_study
+from .records import Study
 from .study import to_markdown
-from .verdict import Study, scores_json, verdict_markdown, verdicts, verdicts_json
+from .verdict import scores_json, verdict_markdown, verdicts, verdicts_json
 
 DEFAULTS = {
     "samplers": "Euler,DPM++ 2M",

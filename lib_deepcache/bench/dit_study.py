@@ -28,9 +28,10 @@ from . import alternatives
 from .dit_sampler import DitRun, DitSampler, Method
 from .equal_quality import Point
 from .fidelity import Calibrated, per_image
+from .records import Study
 from .study import SAMPLER_NAMES, study_row
 from .teacache import ChangeRecorder, fit_coefficients
-from .verdict import BEST, Study, meet, off_target
+from .verdict import BEST, meet, off_target
 
 OURS = ("uniform", "adaptive", "forecast")
 ALTERNATIVES = (

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +32,10 @@ from .fidelity import (
     flop_speedup,
     per_image,
 )
+from .records import Study, StudyRow
 from .verdict import (
     BEST,
     MATCH_TOLERANCE,
-    Study,
     meet,
     off_target,
     paired_ci,
@@ -54,29 +54,6 @@ SAMPLER_NAMES = {
 METHODS = ("uniform", "non-uniform", "adaptive", "forecast", "step-skip")
 OURS = ("uniform", "adaptive", "forecast")
 ALTERNATIVES = ("non-uniform", "step-skip")  # the paper's schedule; FBCache / TeaCache's kind
-
-
-@dataclass
-class StudyRow:
-    method: str
-    sampler: str
-    interval: int
-    flop_speedup: float
-    matched: bool
-    full_steps: int
-    cached_steps: int
-    psnr: float
-    ssim: float
-    psnr_diff: float  # mean over seeds of (method - uniform); 0 for uniform itself
-    psnr_ci: float  # half width of its 95 % confidence interval
-    ssim_diff: float
-    ssim_ci: float
-    threshold: float | None = None
-
-    @property
-    def wins(self) -> bool:
-        """Above uniform on both metrics, each with its whole interval above zero."""
-        return self.psnr_diff - self.psnr_ci > 0 and self.ssim_diff - self.ssim_ci > 0
 
 
 def equal_flops_study(

@@ -15,37 +15,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .equal_quality import Point
-
-if TYPE_CHECKING:
-    from .study import StudyRow
+from .records import Study
 
 MATCH_TOLERANCE = 0.01
 # meeting a rival: at least as fast, give or take this (FLOP counts of the same number of full
 # steps differ by a few tenths of a percent between methods' own extra work)
 MEET_TOLERANCE = 0.005
 BEST = "forecast"  # our closest mode at equal cost, the one judged against the bar
-Scores = tuple[np.ndarray, np.ndarray]  # per-seed PSNR and SSIM
-
-
-@dataclass
-class Study:
-    rows: list[StudyRow] = field(default_factory=list)
-    points: list[Point] = field(default_factory=list)
-    # per (sampler, interval, method): per-seed PSNR and SSIM of the matched run
-    scores: dict[tuple[str, int, str], Scores] = field(default_factory=dict)
-    # per (sampler, interval, rival) whose run landed off the cell's speedup: the best mode's run
-    # met at that rival's cost, as (its own speedup, per-seed PSNR, per-seed SSIM)
-    rematched: dict[tuple[str, int, str], tuple[float, np.ndarray, np.ndarray]] = field(
-        default_factory=dict
-    )
-    # per sampler: the equal-quality bar (speedup, mean PSNR, mean SSIM)
-    bars: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from lib_deepcache.bench.study import StudyRow
-from lib_deepcache.bench.verdict import Study, meet, verdicts
+from lib_deepcache.bench.records import Study, StudyRow
+from lib_deepcache.bench.verdict import meet, verdicts
 
 STEPS = 20
 
