@@ -8,7 +8,8 @@ difference of one of our modes to one rival with its 95 % interval: "win" (whole
 Equal cost in every verdict of the best mode (forecast): a rival whose matched run landed more
 than the tolerance off the cell's speedup (whole-call or integer granularity, a threshold matched
 on a few seeds) meets forecast run again at that rival's own speedup or faster (:func:`meet`), so
-forecast never spends more FLOPs than what it is compared with.
+forecast never spends more FLOPs than what it is compared with (give or take
+:data:`MEET_TOLERANCE`).
 """
 
 from __future__ import annotations
