@@ -35,7 +35,6 @@ from .fidelity import (
 from .records import Study, StudyRow
 from .verdict import (
     BEST,
-    MATCH_TOLERANCE,
     meet,
     off_target,
     paired_ci,
@@ -208,7 +207,7 @@ def study_row(
         sampler,
         interval,
         found.flop_speedup,
-        abs(found.flop_speedup / target - 1) <= MATCH_TOLERANCE,
+        not off_target(found.flop_speedup, target),
         full,
         cached,
         float(np.mean(psnr)),
